@@ -1,0 +1,3 @@
+from elastic_cli.cli import main
+
+main()

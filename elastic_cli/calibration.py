@@ -1,0 +1,182 @@
+"""Calibration math: per-exit temperature scaling, the threshold curve, and choosing a threshold.
+
+Temperature scaling follows Guo et al. (2017), as SWEET and Sledgehammer apply it per exit (METHODS.md
+sections 4 and 6.5), but the fit is a bounded 1-D search rather than Adam over a list of learning rates:
+the NLL is convex in 1/T, so it is unimodal in log T and a bounded Brent search finds its minimum without
+any step size to tune or divergence to guard against.
+
+The threshold curve prices every threshold from one all-exits pass: the exit rule is applied to the
+cached logits (the same `exits` code the adaptive model runs), so the curve costs one pass, not one
+evaluation per threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.optimize import minimize_scalar
+
+from elastic_cli import exits
+from elastic_cli.cost import EncoderDims, example_flops, static_flops
+from elastic_cli.errors import UserError
+from elastic_cli.exits import ExitRule
+
+# T is searched in [1/100, 100]: far outside what a trained classifier needs, and it keeps the fit finite
+# when the NLL keeps falling (perfectly separated calibration data)
+_LOG_T_BOUND = float(np.log(100.0))
+TARGETS = ("accuracy_within", "speedup")
+
+
+def _nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
+    return float(torch.nn.functional.cross_entropy(logits / temperature, labels))
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The scalar T > 0 minimising the NLL of softmax(logits / T) on labels; 1.0 when no T improves on 1."""
+    if logits.ndim != 2 or labels.shape != (logits.shape[0],):
+        raise ValueError(f"expected logits [N, C] and labels [N], got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    if logits.shape[0] == 0 or logits.shape[1] < 2:
+        return 1.0  # nothing to fit on, or a regression head (one output, no softmax)
+    z = logits.detach().to(torch.float64).cpu()
+    y = labels.detach().to(torch.long).cpu()
+    if not torch.isfinite(z).all():
+        raise ValueError("logits contain NaN or infinity: cannot fit a temperature")
+    if y.min() < 0 or y.max() >= z.shape[1]:
+        raise ValueError(f"labels must be class indices in [0, {z.shape[1] - 1}]")
+    result = minimize_scalar(
+        lambda log_t: _nll(z, y, float(np.exp(log_t))),
+        bounds=(-_LOG_T_BOUND, _LOG_T_BOUND),
+        method="bounded",
+        options={"xatol": 1e-5},
+    )
+    temperature = float(np.exp(result.x))
+    if not np.isfinite(temperature) or _nll(z, y, temperature) >= _nll(z, y, 1.0):
+        return 1.0
+    return temperature
+
+
+def fit_temperatures(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One temperature per exit: logits [N, E, C], labels [N] -> [E]."""
+    if logits.ndim != 3:
+        raise ValueError(f"expected logits [N, E, C], got {tuple(logits.shape)}")
+    labels_t = torch.as_tensor(labels)
+    return torch.tensor([fit_temperature(logits[:, e], labels_t) for e in range(logits.shape[1])])
+
+
+def exit_indices(
+    rule: ExitRule, logits: torch.Tensor, thresholds: Sequence[float], temperatures: torch.Tensor | None
+) -> torch.Tensor:
+    """Exit index of every example at every threshold, [T, N], exactly as `exits.simulate` would give."""
+    scaled = exits.scale(logits.float(), temperatures)  # once, not once per threshold
+    return torch.stack(
+        [exits.first_exit(exits.decisions(rule, scaled, float(t))).long() for t in thresholds]
+    ).reshape(len(thresholds), logits.shape[0])
+
+
+def threshold_curve(
+    rule: ExitRule,
+    logits: torch.Tensor,
+    labels: np.ndarray,
+    exit_layers: Sequence[int],
+    thresholds: Sequence[float],
+    temperatures: torch.Tensor | None,
+    n_tokens: np.ndarray | None = None,
+    dims: EncoderDims | None = None,
+) -> pd.DataFrame:
+    """One row per threshold: accuracy, mean exit layer, speed-ups and the fraction exiting at each exit.
+
+    exit_layers[e] is the 1-indexed layer of exit e: an example leaving at exit e ran exit_layers[e]
+    layers and evaluated e + 1 heads. flops_speedup (and gflops_per_example) need n_tokens and dims.
+    """
+    n, e, _ = logits.shape
+    layers = torch.as_tensor(list(exit_layers), dtype=torch.long)
+    if layers.shape != (e,):
+        raise ValueError(f"exit_layers has {layers.numel()} entries for {e} exits")
+    labels_t = torch.as_tensor(np.asarray(labels))
+    if labels_t.shape != (n,):
+        raise ValueError(f"labels must have one entry per example ({n}), got shape {tuple(labels_t.shape)}")
+    if temperatures is not None and temperatures.shape != (e,):
+        raise ValueError(f"temperatures must have one entry per exit ({e}), got {tuple(temperatures.shape)}")
+    if (n_tokens is None) != (dims is None):
+        raise ValueError("flops_speedup needs both n_tokens and dims (or neither)")
+    if n == 0:
+        raise ValueError("threshold_curve needs at least one example")
+    num_layers = dims.num_layers if dims is not None else int(layers[-1])
+
+    idx = exit_indices(rule, logits, thresholds, temperatures)  # [T, N]
+    rows = torch.arange(n).unsqueeze(0)
+    correct = logits.argmax(dim=-1) == labels_t.unsqueeze(1)  # [N, E]; temperatures never change argmax
+    accuracy = correct[rows, idx].double().mean(dim=1)
+    mean_layer = layers[idx].double().mean(dim=1)
+    t_count = idx.shape[0]
+    offsets = (idx + e * torch.arange(t_count).unsqueeze(1)).flatten()
+    exit_frac = torch.bincount(offsets, minlength=t_count * e).view(t_count, e).double() / n
+
+    curve = pd.DataFrame(
+        {
+            "threshold": np.asarray(thresholds, dtype=np.float64),
+            "accuracy": accuracy.numpy(),
+            "mean_exit_layer": mean_layer.numpy(),
+            "layer_speedup": num_layers / mean_layer.numpy(),
+        }
+    )
+    if dims is not None and n_tokens is not None:
+        tokens = np.asarray(n_tokens, dtype=np.float64)
+        if tokens.shape != (n,):
+            raise ValueError(f"n_tokens must have one entry per example ({n}), got shape {tokens.shape}")
+        # FLOPs of every example at every exit, [N, E]; a threshold picks one column per example
+        per_exit = np.stack(
+            [
+                example_flops(tokens, np.full(n, int(layers[j])), np.full(n, j + 1), dims)
+                for j in range(e)
+            ],
+            axis=1,
+        )
+        adaptive = torch.from_numpy(per_exit)[rows, idx].sum(dim=1).numpy()
+        curve["flops_speedup"] = static_flops(tokens, dims).sum() / adaptive
+        curve["gflops_per_example"] = adaptive / n / 1e9
+    for j in range(e):
+        curve[f"exit_frac_L{int(layers[j])}"] = exit_frac[:, j].numpy()
+    return curve
+
+
+def choose_threshold(
+    curve: pd.DataFrame,
+    target: str,
+    *,
+    reference_accuracy: float,
+    tolerance: float = 0.01,
+    speedup: float = 2.0,
+    larger_is_slower: bool = True,
+    speed_column: str = "layer_speedup",
+) -> pd.Series:
+    """The row of `curve` that meets the target, with a boolean field `target_met`.
+
+    accuracy_within: the fastest row whose accuracy >= reference_accuracy - tolerance (absolute; 0.01 = 1
+        point), ties to the more accurate. If none qualifies: the most accurate row.
+    speedup: the most accurate row whose speed-up >= `speedup`, ties to the faster. If none: the fastest.
+    Rows equal in speed and accuracy are a plateau of thresholds; the pick is its edge on the safe side
+    for the target (the slower edge for accuracy_within, the faster for speedup), using larger_is_slower.
+    """
+    if target not in TARGETS:
+        raise UserError(f"calibrate.target={target!r} is not one of {', '.join(TARGETS)}")
+    if curve.empty:
+        raise ValueError("the threshold curve has no rows to choose from")
+    eps = 1e-12  # accuracies and speed-ups are ratios of counts; do not lose an exact hit to rounding
+    larger_is_safer = larger_is_slower if target == "accuracy_within" else not larger_is_slower
+    if target == "accuracy_within":
+        meets = curve["accuracy"] >= reference_accuracy - tolerance - eps
+        order = [speed_column, "accuracy"] if meets.any() else ["accuracy", speed_column]
+    else:
+        meets = curve[speed_column] >= speedup - eps
+        order = ["accuracy", speed_column] if meets.any() else [speed_column, "accuracy"]
+    candidates = curve[meets] if meets.any() else curve
+    ranked = candidates.sort_values(
+        [*order, "threshold"], ascending=[False, False, not larger_is_safer], kind="mergesort"
+    )
+    chosen = ranked.iloc[0].copy()
+    chosen["target_met"] = bool(meets.any())
+    return chosen

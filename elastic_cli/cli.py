@@ -1,0 +1,135 @@
+"""`elastic STAGE [overrides...]`: pops the stage name and hands the rest to that stage's Hydra app.
+
+Hydra's own flags work after the stage (`--help`, `--cfg job`, `-m`). Bad input of any kind ends in
+one line on stderr and exit code 2; a bug still shows its traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import hydra
+from omegaconf import DictConfig
+
+from elastic_cli.config import register_configs, to_root
+from elastic_cli.errors import UserError
+
+STAGES = {
+    "train": "fine-tune a method's model and write a checkpoint",
+    "calibrate": "fit per-exit temperatures and choose the exit threshold on the calibration split",
+    "evaluate": "accuracy, exit histogram, FLOPs and latency on the evaluation split(s)",
+}
+
+
+def _config_path() -> str:
+    # A console script has no useful cwd-relative path: use the repo's conf/ when running from a
+    # checkout (editable install), else the copy shipped inside the wheel.
+    repo_conf = Path(__file__).resolve().parent.parent / "conf"
+    if (repo_conf / "train.yaml").is_file():
+        return str(repo_conf)
+    return "pkg://elastic_cli.conf"
+
+
+CONFIG_PATH = _config_path()
+register_configs()
+
+
+def _run_stage(stage: str, cfg: DictConfig) -> float | None:
+    # Inside the job, exit here: Hydra would otherwise add its own "Error executing job" line.
+    try:
+        root = to_root(cfg)
+        module = importlib.import_module(f"elastic_cli.stages.{stage}")
+        return module.run(root, cfg)
+    except _user_errors() as err:
+        fail(err)
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
+def train_main(cfg: DictConfig) -> float | None:
+    return _run_stage("train", cfg)
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="calibrate", version_base="1.3")
+def calibrate_main(cfg: DictConfig) -> float | None:
+    return _run_stage("calibrate", cfg)
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="evaluate", version_base="1.3")
+def evaluate_main(cfg: DictConfig) -> float | None:
+    return _run_stage("evaluate", cfg)
+
+
+MAINS = {"train": train_main, "calibrate": calibrate_main, "evaluate": evaluate_main}
+
+USAGE = "usage: elastic {train,calibrate,evaluate} [key=value ...] [--help] [--cfg job] [-m]"
+
+
+def _help() -> str:
+    lines = [USAGE, "", "stages:"]
+    lines += [f"  {name:<10} {what}" for name, what in STAGES.items()]
+    lines += [
+        "",
+        "config groups: method backbone task device sweep  (e.g. method=early_exit backbone=minilm-l6 task=sst2)",
+        "examples:",
+        "  elastic train method=early_exit backbone=minilm-l6 task=sst2 task.data_dir=path/to/sst2",
+        "  elastic evaluate method=early_exit backbone=minilm-l6 task=sst2 task.data_dir=... sweep=thresholds",
+        "  elastic train --help        (the stage's config groups and options)",
+        "  elastic evaluate --cfg job  (print the composed config)",
+    ]
+    return "\n".join(lines)
+
+
+_NOISE = re.compile(r"^(full_key|object_type|reference_type|Set the environment variable HYDRA_FULL_ERROR)")
+
+
+def one_line(message: str) -> str:
+    """Hydra and OmegaConf errors span lines (and list the search path): keep what a user needs."""
+    kept = []
+    for line in message.splitlines():
+        line = line.strip()
+        if line.startswith("Config search path"):
+            break
+        if line and not _NOISE.match(line):
+            kept.append(line)
+    return " ".join(kept)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return (UserError, HydraException, OmegaConfBaseException)
+
+
+def fail(err: BaseException) -> NoReturn:
+    message = str(err)
+    if err.__cause__ is not None and str(err.__cause__) not in message:
+        message += f": {err.__cause__}"
+    print(f"error: {one_line(message)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_help())
+        return
+    stage = args.pop(0)
+    if stage not in MAINS:
+        print(f"error: unknown stage {stage!r}; choose one of {', '.join(STAGES)}", file=sys.stderr)
+        sys.exit(2)
+    # Let exceptions reach us instead of Hydra's multi-line report, so bad input is one line.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    sys.argv = [f"elastic {stage}", *args]
+    try:
+        MAINS[stage]()
+    except _user_errors() as err:
+        fail(err)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

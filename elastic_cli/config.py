@@ -1,0 +1,220 @@
+"""Dataclass schemas of every config group, registered in Hydra's ConfigStore.
+
+Each YAML in conf/<group>/ names its schema in its defaults list (`schema/<group>@_here_`... see the
+YAMLs), so a typo or a wrong type fails at composition. Checks that span fields (a threshold in its
+range, exit layers within the depth) live in `validate()`, run by every stage before any work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from elastic_cli.errors import UserError
+
+
+@dataclass
+class TinyBackboneConfig:
+    """A randomly initialised backbone for tests and smoke runs; its WordPiece tokenizer is
+    trained on the task's training texts when the model is built."""
+
+    num_layers: int = 4
+    hidden_size: int = 32
+    num_heads: int = 2
+    intermediate_size: int = 64
+    vocab_size: int = 500
+    max_position_embeddings: int = 128
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "???"
+    family: str = "???"  # bert | mpnet  (the adapter in elastic_cli/models/adapters/)
+    path: str = "???"  # hub id or local folder (ignored when `tiny` is set)
+    tiny: TinyBackboneConfig | None = None
+    pooling: str = "cls"  # cls | mean: how an exit head reads the hidden states
+    use_pretrained_pooler: bool = True  # initialise the exit heads' pooler from the backbone's, if it has one
+
+
+@dataclass
+class ExitRuleConfig:
+    name: str = "maxprob"
+    # None: take the threshold chosen by `calibrate` (calibration.json beside the checkpoint)
+    threshold: float | None = None
+
+
+@dataclass
+class MethodConfig:
+    name: str = "???"
+    # "all" (every layer), "last", or a list of 1-indexed layer numbers
+    exit_layers: Any = "all"
+    objective: str = "sum"  # final_only | sum
+    exit: ExitRuleConfig = field(default_factory=ExitRuleConfig)
+
+
+@dataclass
+class TaskConfig:
+    name: str = "???"
+    dataset: str = "???"  # hub dataset id, e.g. nyu-mll/glue
+    subset: str | None = None  # hub config name, e.g. sst2
+    text_columns: list[str] = field(default_factory=lambda: ["sentence"])
+    label_column: str = "label"
+    num_labels: int = 2  # 1 for regression
+    label_names: list[str] = field(default_factory=list)
+    metric: str = "accuracy"  # accuracy | f1 | matthews | pearson_spearman
+    train_split: str = "train"
+    eval_splits: list[str] = field(default_factory=lambda: ["validation"])
+    # local files: <data_dir>/<file stem>.{tsv,csv,jsonl}; stems for the splits above
+    local_files: dict[str, str] = field(default_factory=lambda: {"train": "train", "validation": "dev"})
+    data_dir: str | None = None
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    max_seq_length: int = 128
+    calibration_fraction: float = 0.1  # carved from train with a fixed seed, never trained on
+    calibration_max_samples: int | None = 2000
+
+
+@dataclass
+class DeviceConfig:
+    name: str = "cpu"  # cpu | cuda | mps
+    dtype: str = "float32"
+    threads: int | None = None  # torch.set_num_threads; None: leave torch's default
+    eval_batch_size: int = 64
+    throughput_batch_size: int = 32
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 2e-5
+    batch_size: int = 32
+    epochs: float = 3.0
+    max_steps: int = -1  # > 0 overrides epochs
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    log_every: int = 10
+    head_lr: float | None = None  # lr of exit heads; None: same as lr
+
+
+@dataclass
+class CalibrateConfig:
+    # accuracy_within: fastest threshold whose accuracy is within `tolerance` (absolute) of the final exit
+    # speedup: most accurate threshold whose layer speed-up is at least `speedup`
+    target: str = "accuracy_within"
+    tolerance: float = 0.01
+    speedup: float = 2.0
+    temperature: bool = True
+    grid_size: int = 101
+
+
+@dataclass
+class EvaluateConfig:
+    latency: bool = True
+    latency_samples: int = 200
+    latency_warmup: int = 10
+    throughput_batches: int = 5
+    grid: bool = True  # also log the whole threshold curve from the cached all-exits pass
+    grid_size: int = 51
+    save_predictions: bool = True
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<outputs>/mlflow.db
+    experiment: str | None = None  # None: the task name
+    enabled: bool = True
+
+
+@dataclass
+class RootConfig:
+    stage: str = "???"
+    seed: int = 42
+    outputs: str = "outputs"
+    ckpt: str | None = None  # checkpoint folder; None: the default one for method/backbone/task/seed
+    method: MethodConfig = field(default_factory=MethodConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="schema_root", node=RootConfig)
+    cs.store(group="schema/method", name="base", node=MethodConfig, package="method")
+    cs.store(group="schema/backbone", name="base", node=BackboneConfig, package="backbone")
+    cs.store(group="schema/task", name="base", node=TaskConfig, package="task")
+    cs.store(group="schema/device", name="base", node=DeviceConfig, package="device")
+
+
+KNOWN = {
+    "backbone.family": ("bert", "mpnet"),
+    "backbone.pooling": ("cls", "mean"),
+    "method.objective": ("final_only", "sum"),
+    "task.metric": ("accuracy", "f1", "matthews", "pearson_spearman"),
+    "device.name": ("cpu", "cuda", "mps"),
+    "device.dtype": ("float32", "float16", "bfloat16"),
+    "calibrate.target": ("accuracy_within", "speedup"),
+}
+
+
+def to_root(cfg: DictConfig) -> RootConfig:
+    """The typed object the stages work with, checked by `validate`."""
+    root = OmegaConf.to_object(cfg)
+    assert isinstance(root, RootConfig)
+    validate(root)
+    return root
+
+
+def validate(cfg: RootConfig) -> None:
+    for dotted, allowed in KNOWN.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            raise UserError(f"{dotted}={value!r} is not one of {', '.join(allowed)}")
+    from elastic_cli.exits import RULES  # the registry of exit rules, each with its threshold range
+
+    rule = cfg.method.exit.name
+    if rule not in RULES:
+        raise UserError(f"method.exit.name={rule!r} is not one of {', '.join(sorted(RULES))}")
+    lo, hi = RULES[rule].threshold_range
+    t = cfg.method.exit.threshold
+    if t is not None and not lo <= t <= hi:
+        raise UserError(f"method.exit.threshold={t} is outside [{lo}, {hi}] for the {rule} rule")
+    if not 0.0 < cfg.task.calibration_fraction < 1.0:
+        raise UserError(f"task.calibration_fraction={cfg.task.calibration_fraction} must be in (0, 1)")
+    if cfg.task.max_seq_length < 8:
+        raise UserError("task.max_seq_length must be at least 8")
+    if cfg.train.batch_size < 1 or cfg.device.eval_batch_size < 1:
+        raise UserError("batch sizes must be at least 1")
+    if cfg.calibrate.tolerance < 0:
+        raise UserError("calibrate.tolerance must be >= 0")
+
+
+def parse_exit_layers(spec: Any, num_layers: int) -> list[int]:
+    """1-indexed, sorted, unique exit layers; the last layer is always an exit (it is the full model)."""
+    if spec == "all":
+        layers = list(range(1, num_layers + 1))
+    elif spec == "last":
+        layers = [num_layers]
+    elif isinstance(spec, (list, tuple)) or OmegaConf.is_list(spec):
+        try:
+            layers = sorted({int(x) for x in spec})
+        except (TypeError, ValueError):
+            raise UserError(f"method.exit_layers={list(spec)} must hold layer numbers") from None
+    else:
+        raise UserError(f"method.exit_layers={spec!r}: use all, last, or a list such as [4,6,12]")
+    bad = [x for x in layers if not 1 <= x <= num_layers]
+    if bad:
+        raise UserError(
+            f"method.exit_layers has {bad}, beyond the backbone's {num_layers} layers (use 1..{num_layers})"
+        )
+    if layers[-1] != num_layers:
+        layers.append(num_layers)
+    return layers

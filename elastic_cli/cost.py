@@ -1,0 +1,183 @@
+"""Analytic FLOPs per example and the speed-up accounting.
+
+Convention (ELUE's): FLOPs = 2 x multiply-accumulates for every matrix product, plus one FLOP per
+elementwise operation that we count. With n tokens, hidden h, intermediate f, a heads and C labels:
+
+    encoder layer   matmuls      8 n h^2      Q, K, V and output projections (4 x 2 n h h)
+                                 4 n f h      feed-forward up and down (2 x 2 n h f)
+                                 4 n^2 h      Q K^T and softmax(.) V over all heads (2 x 2 n n h)
+                    elementwise  7 a n^2      per attention score: scale, mask add, softmax (max, subtract,
+                                              exp, sum, divide)
+                                 (21 h + 6 f) n   biases (5 h + f), two residual adds (2 h),
+                                              two LayerNorms (7 per element: mean, centre, square, sum,
+                                              normalise, scale, shift: 14 h), GELU (5 per element: 5 f)
+    embeddings      9 h n        lookups are free; the sum of word, position and type embeddings (2 h) and
+                                 the embedding LayerNorm (7 h)
+    exit head       2 h^2 + 2 h  pooler dense + bias + tanh (when the head has a pooler)
+                    (2 h + 1) C  classifier with bias
+Mean pooling (n h additions) and the final softmax are not counted: both are under 0.01% of one layer.
+
+Cross-check against AdapLeR's fitted BERT-base formula (METHODS.md section 5),
+FLOPs_BERT(n) = 37,872 n^2 + 170,216,500 n + 1,181,953 + 1,537 C. For 12 x 768/3072/12 heads this
+module gives 37,872 n^2 (identical: 12 x (4 x 768 + 7 x 12)), 170,290,944 n (+0.04%: our LayerNorm
+and GELU counts are about 5,600 FLOPs per token per layer above what the TF profiler counted) and
+1,181,184 + 1,537 C (their constant has 769 more, h + 1, an elementwise op of the pooler we do not count).
+
+Speed-ups are ratios of totals, sum(static) / sum(adaptive), as AdapLeR and ELUE compute them; the mean
+of per-example ratios would weight short examples as much as long ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+_ATTN_SCORE_OPS = 7  # scale, mask add, softmax as max, subtract, exp, sum, divide
+_LAYERNORM_OPS = 7  # mean, centre, square, sum, normalise, scale, shift (per element)
+_GELU_OPS = 5  # x / sqrt(2), erf, + 1, x *, * 0.5 (per element)
+
+
+@dataclass(frozen=True)
+class EncoderDims:
+    """The dimensions that set an encoder's FLOPs."""
+
+    num_layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    num_labels: int
+    head_pooler: bool = True  # the exit head has a dense+tanh pooler (hidden x hidden) before its classifier
+
+    @classmethod
+    def of(cls, adapter: Any, num_labels: int, head_pooler: bool = True) -> EncoderDims:
+        """Read the dimensions from a backbone adapter (num_layers, hidden_size, intermediate_size, num_heads)."""
+        return cls(
+            num_layers=int(adapter.num_layers),
+            hidden=int(adapter.hidden_size),
+            intermediate=int(adapter.intermediate_size),
+            heads=int(adapter.num_heads),
+            num_labels=int(num_labels),
+            head_pooler=head_pooler,
+        )
+
+
+def _tokens(n_tokens: np.ndarray | float) -> np.ndarray:
+    n = np.asarray(n_tokens, dtype=np.float64)
+    if np.any(n < 0):
+        raise ValueError("token counts must be >= 0")
+    return n
+
+
+def layer_matmul_flops(n_tokens: np.ndarray, d: EncoderDims) -> np.ndarray:
+    """The matrix-product FLOPs (2 x MACs) of one encoder layer at n tokens."""
+    n = _tokens(n_tokens)
+    h, f = d.hidden, d.intermediate
+    return 8.0 * n * h * h + 4.0 * n * h * f + 4.0 * n * n * h
+
+
+def layer_elementwise_flops(n_tokens: np.ndarray, d: EncoderDims) -> np.ndarray:
+    """Biases, attention softmax, residual adds, LayerNorms and GELU of one encoder layer at n tokens."""
+    n = _tokens(n_tokens)
+    h, f = d.hidden, d.intermediate
+    per_token = (5 * h + f) + 2 * h + 2 * _LAYERNORM_OPS * h + _GELU_OPS * f
+    return float(_ATTN_SCORE_OPS * d.heads) * n * n + float(per_token) * n
+
+
+def layer_flops(n_tokens: np.ndarray, d: EncoderDims) -> np.ndarray:
+    """FLOPs of one encoder layer per example at n tokens."""
+    return layer_matmul_flops(n_tokens, d) + layer_elementwise_flops(n_tokens, d)
+
+
+def embedding_flops(n_tokens: np.ndarray, d: EncoderDims) -> np.ndarray:
+    """Embedding sum and LayerNorm; the lookups themselves cost nothing."""
+    return float(2 * d.hidden + _LAYERNORM_OPS * d.hidden) * _tokens(n_tokens)
+
+
+def head_flops(d: EncoderDims) -> float:
+    """One exit head on one example: optional pooler (dense + bias + tanh), then the classifier."""
+    h, c = d.hidden, d.num_labels
+    pooler = 2.0 * h * h + 2.0 * h if d.head_pooler else 0.0
+    return pooler + (2.0 * h + 1.0) * c
+
+
+def _check_counts(name: str, counts: np.ndarray, upper: int, size: int) -> np.ndarray:
+    arr = np.asarray(counts)
+    if arr.shape != (size,):
+        raise ValueError(f"{name} must have one entry per example ({size}), got shape {arr.shape}")
+    if np.any(arr < 0) or np.any(arr > upper):
+        raise ValueError(f"{name} must be within [0, {upper}]")
+    return arr.astype(np.int64)
+
+
+def example_flops(
+    n_tokens: np.ndarray,
+    layers_run: np.ndarray,
+    heads_run: np.ndarray,
+    d: EncoderDims,
+    layer_tokens: np.ndarray | None = None,
+) -> np.ndarray:
+    """FLOPs per example: embeddings at n_tokens, the first layers_run layers, heads_run exit heads.
+
+    layer_tokens [N, num_layers], when given, is the token count entering each layer (length reduction);
+    otherwise every layer runs on n_tokens.
+    """
+    n = _tokens(n_tokens)
+    if n.ndim != 1:
+        raise ValueError(f"n_tokens must be one count per example, got shape {n.shape}")
+    layers = _check_counts("layers_run", layers_run, d.num_layers, n.shape[0])
+    heads = _check_counts("heads_run", heads_run, np.iinfo(np.int64).max, n.shape[0])
+    if layer_tokens is None:
+        encoder = layers * layer_flops(n, d)
+    else:
+        per_layer_tokens = _tokens(layer_tokens)
+        if per_layer_tokens.shape != (n.shape[0], d.num_layers):
+            raise ValueError(
+                f"layer_tokens must have shape [examples, layers] = {(n.shape[0], d.num_layers)}, "
+                f"got {per_layer_tokens.shape}"
+            )
+        ran = np.arange(d.num_layers)[None, :] < layers[:, None]
+        encoder = (layer_flops(per_layer_tokens, d) * ran).sum(axis=1)
+    return embedding_flops(n, d) + encoder + heads * head_flops(d)
+
+
+def static_flops(n_tokens: np.ndarray, d: EncoderDims) -> np.ndarray:
+    """The static model: all layers at full length and one final head."""
+    n = _tokens(n_tokens)
+    return embedding_flops(n, d) + d.num_layers * layer_flops(n, d) + head_flops(d)
+
+
+def ratio_of_totals(static: np.ndarray, adaptive: np.ndarray) -> float:
+    """sum(static) / sum(adaptive): the FLOPs speed-up."""
+    total = float(np.sum(adaptive))
+    if total <= 0:
+        raise ValueError("adaptive FLOPs must be positive to form a speed-up")
+    return float(np.sum(static)) / total
+
+
+def speedups(
+    n_tokens: np.ndarray,
+    layers_run: np.ndarray,
+    heads_run: np.ndarray,
+    d: EncoderDims,
+    layer_tokens: np.ndarray | None = None,
+    extra_flops: np.ndarray | None = None,
+) -> dict[str, float]:
+    """FLOPs and layer speed-ups of an adaptive run against the static model on the same examples.
+
+    extra_flops: per-example FLOPs outside the encoder and exit heads (token-importance predictors,
+    routers), added to the adaptive side.
+    """
+    adaptive = example_flops(n_tokens, layers_run, heads_run, d, layer_tokens)
+    if extra_flops is not None:
+        adaptive = adaptive + np.asarray(extra_flops, dtype=np.float64)
+    static = static_flops(n_tokens, d)
+    mean_layers = float(np.mean(layers_run))
+    return {
+        "flops_speedup": ratio_of_totals(static, adaptive),
+        "layer_speedup": d.num_layers / mean_layers if mean_layers > 0 else float("inf"),
+        "mean_layers": mean_layers,
+        "static_gflops_per_example": float(np.mean(static)) / 1e9,
+        "adaptive_gflops_per_example": float(np.mean(adaptive)) / 1e9,
+    }

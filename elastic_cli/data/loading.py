@@ -1,0 +1,289 @@
+"""Reading a task's splits from local files (`task.data_dir`) or the Hugging Face hub.
+
+Both sources end in the same column table -> `Split` conversion, so the checks (columns present,
+labels numbers or label names, in range) and the clean-up (unlabelled rows dropped, missing text
+read as "") are the same wherever the data came from.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import pandas as pd
+
+from elastic_cli.config import TaskConfig
+from elastic_cli.data.splits import EVAL_SUBSET_SEED, Split, TaskData, carve_calibration, random_subset
+from elastic_cli.errors import UserError
+
+EXTENSIONS = (".tsv", ".csv", ".jsonl")
+_TRUE = {"1", "ON", "YES", "TRUE"}
+_HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def load_task_data(task: TaskConfig, seed: int) -> TaskData:
+    """Train (minus calibration, optionally subsampled with `seed`), calibration, and eval splits."""
+    for field_name in ("max_train_samples", "max_eval_samples"):
+        value = getattr(task, field_name)
+        if value is not None and value < 1:
+            raise UserError(f"task.{field_name}={value} must be a positive number of examples, or null for all")
+    raw = load_splits(task)
+    train, calibration = carve_calibration(
+        raw[task.train_split], task.calibration_fraction, task.calibration_max_samples
+    )
+    return TaskData(
+        train=random_subset(train, task.max_train_samples, seed),
+        calibration=calibration,
+        evals={name: random_subset(raw[name], task.max_eval_samples, EVAL_SUBSET_SEED) for name in task.eval_splits},
+    )
+
+
+def load_splits(task: TaskConfig) -> dict[str, Split]:
+    """Every split the task names (train_split, then eval_splits), whole and labelled."""
+    tables = _local_tables(task) if task.data_dir else _hub_tables(task)
+    return {name: table_to_split(name, columns, task, source) for name, (columns, source) in tables.items()}
+
+
+def _needed_splits(task: TaskConfig) -> list[str]:
+    return list(dict.fromkeys([task.train_split, *task.eval_splits]))
+
+
+def _needed_columns(task: TaskConfig) -> list[str]:
+    return [*task.text_columns, task.label_column]
+
+
+# ----------------------------------------------------------------------------------------- local files
+
+
+def _local_tables(task: TaskConfig) -> dict[str, tuple[dict[str, list[Any]], str]]:
+    data_dir = Path(os.path.expanduser(str(task.data_dir)))
+    if not data_dir.is_dir():
+        raise UserError(
+            f"task.data_dir={task.data_dir} is not a folder; point it to the folder holding "
+            f"{_stems_hint(task)} with columns {', '.join(_needed_columns(task))}"
+        )
+    tables = {}
+    for split in _needed_splits(task):
+        if split not in task.local_files:
+            raise UserError(
+                f"task.local_files has no file stem for split {split!r} (it has {dict(task.local_files)}); "
+                f"add task.local_files.{split}=STEM"
+            )
+        path = find_split_file(data_dir, task.local_files[split], split)
+        frame = read_table(path)
+        tables[split] = ({name: frame[name].tolist() for name in _checked_columns(task, frame.columns, path)}, str(path))
+    return tables
+
+
+def find_split_file(data_dir: Path, stem: str, split: str) -> Path:
+    """<data_dir>/<stem>.tsv, .csv or .jsonl, the first that exists in that order."""
+    for extension in EXTENSIONS:
+        path = data_dir / f"{stem}{extension}"
+        if path.is_file():
+            return path
+    looked_for = ", ".join(f"{stem}{extension}" for extension in EXTENSIONS)
+    raise UserError(
+        f"no file for split {split!r} in {data_dir}: looked for {looked_for}; "
+        f"add one or change task.local_files.{split}"
+    )
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """All cells as strings, nothing read as NaN (a sentence "NA" is a sentence, not a missing value)."""
+    try:
+        if path.suffix == ".jsonl":
+            return _read_jsonl(path)
+        # GLUE TSVs are not quoted and their sentences hold quote characters: quoting must be off.
+        quoting = csv.QUOTE_NONE if path.suffix == ".tsv" else csv.QUOTE_MINIMAL
+        return pd.read_csv(
+            path,
+            sep="\t" if path.suffix == ".tsv" else ",",
+            quoting=quoting,
+            dtype=str,
+            keep_default_na=False,
+            encoding="utf-8",
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"cannot read {path}: {detail}; it must be UTF-8 with a header row") from None
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    records = []
+    with path.open(encoding="utf-8") as lines:
+        for line_number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UserError(f"cannot read {path}: line {line_number} is not JSON ({error.msg})") from None
+            if not isinstance(record, dict):
+                raise UserError(f"cannot read {path}: line {line_number} is not a JSON object")
+            records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def _checked_columns(task: TaskConfig, found: Sequence[str], source: str | Path) -> list[str]:
+    needed = _needed_columns(task)
+    missing = [name for name in needed if name not in found]
+    if missing:
+        raise UserError(
+            f"{source} lacks column(s) {', '.join(missing)}: expected {', '.join(needed)}, "
+            f"found {', '.join(map(str, found)) or 'none'}; rename the columns or set "
+            "task.text_columns / task.label_column"
+        )
+    return needed
+
+
+def _stems_hint(task: TaskConfig) -> str:
+    stems = [task.local_files.get(split, split) for split in _needed_splits(task)]
+    return ", ".join(f"{stem}.tsv|csv|jsonl" for stem in stems)
+
+
+# ---------------------------------------------------------------------------------------------- hub
+
+
+def _hub_tables(task: TaskConfig) -> dict[str, tuple[dict[str, list[Any]], str]]:
+    import datasets  # slow to import (about 1 s): only when the hub is used
+
+    name = task.dataset if task.subset is None else f"{task.dataset}/{task.subset}"
+    offline = _offline_by_env() or not _hub_reachable()
+    try:
+        # Offline, `datasets` still finds a copy in its cache; it only needs to be told not to retry
+        # the network (its retries take about 20 s before failing).
+        with _forced_offline(offline):
+            dataset_dict = datasets.load_dataset(task.dataset, task.subset)
+    except (ConnectionError, TimeoutError) as error:
+        raise UserError(_offline_message(task, name)) from error
+    except FileNotFoundError as error:
+        if offline:
+            raise UserError(_offline_message(task, name)) from error
+        raise UserError(f"dataset {task.dataset} is not on the hub ({error}); check task.dataset") from None
+    except ValueError as error:  # e.g. an unknown config name; the message lists the valid ones
+        raise UserError(f"cannot load {name} from the hub: {error}; check task.subset") from None
+
+    tables = {}
+    for split in _needed_splits(task):
+        if split not in dataset_dict:
+            raise UserError(
+                f"{name} has no split {split!r} (it has {', '.join(dataset_dict)}); "
+                "fix task.train_split / task.eval_splits"
+            )
+        part = dataset_dict[split]
+        source = f"{name} split {split}"
+        columns = _checked_columns(task, part.column_names, source)
+        tables[split] = (part.select_columns(columns).to_dict(), source)
+    return tables
+
+
+def _offline_message(task: TaskConfig, name: str) -> str:
+    return (
+        f"cannot load {name} from the hub (offline?); set task.data_dir=DIR holding "
+        f"{_stems_hint(task)} with columns {', '.join(_needed_columns(task))}"
+    )
+
+
+def _offline_by_env() -> bool:
+    names = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+    return any(os.environ.get(name, "").strip().upper() in _TRUE for name in names)
+
+
+def _hub_reachable(timeout: float = _HUB_PROBE_TIMEOUT_S) -> bool:
+    """A quick TCP connect to the hub endpoint, so that no network fails in seconds, not retries."""
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # a direct probe says nothing about a proxy: let `datasets` try
+    from huggingface_hub import constants
+
+    endpoint = urlparse(constants.ENDPOINT)
+    if endpoint.hostname is None:
+        return True
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _forced_offline(offline: bool) -> Iterator[None]:
+    """Offline mode for `datasets` and `huggingface_hub` during one call.
+
+    Both libraries read HF_HUB_OFFLINE once at import; these module flags are what they consult on
+    each request, so setting them covers an environment changed after import or an unreachable hub."""
+    if not offline:
+        yield
+        return
+    import datasets.config
+    from huggingface_hub import constants
+
+    saved = (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE)
+    datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
+
+
+# ----------------------------------------------------------------------------------- table -> Split
+
+
+def table_to_split(name: str, columns: Mapping[str, Sequence[Any]], task: TaskConfig, source: str) -> Split:
+    """Texts and checked labels; rows with a negative class label (GLUE's -1: unlabelled) are dropped."""
+    labels = _parse_labels(columns[task.label_column], task, source)
+    if task.num_labels > 1:
+        keep = labels >= 0
+        labels = labels[keep].astype(np.int64)
+    else:
+        # Regression targets may legitimately be negative: keep every row.
+        keep = np.ones(len(labels), dtype=bool)
+        labels = labels.astype(np.float32)
+    text_columns = [_texts(columns[column]) for column in task.text_columns]
+    rows = np.flatnonzero(keep)
+    texts = [tuple(column[i] for column in text_columns) for i in rows]
+    return Split(name=name, texts=texts, labels=labels)
+
+
+def _texts(values: Sequence[Any]) -> list[str]:
+    return ["" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value) for value in values]
+
+
+def _parse_labels(values: Sequence[Any], task: TaskConfig, source: str) -> np.ndarray:
+    """float64 labels: names in task.label_names map to their index, the rest must be numbers."""
+    raw = pd.Series(list(values), dtype=object)
+    as_text = raw.map(lambda value: "" if value is None else str(value).strip())
+    # A label name wins over a number that looks the same: names are what the task declares.
+    by_name = as_text.map({label: index for index, label in enumerate(task.label_names)})
+    as_number = pd.to_numeric(as_text.where(by_name.isna()), errors="coerce")
+    parsed = by_name.astype(float).fillna(as_number).to_numpy(dtype=np.float64)
+
+    invalid = np.isnan(parsed)
+    if invalid.any():
+        examples = ", ".join(repr(v) for v in as_text[invalid].unique()[:3])
+        names = f" or one of {', '.join(task.label_names)}" if task.label_names else ""
+        raise UserError(
+            f"{source}: column {task.label_column} holds {int(invalid.sum())} label(s) that are not numbers"
+            f"{names} (e.g. {examples}); fix the file or task.label_names"
+        )
+    if task.num_labels == 1:
+        return parsed
+    labelled = parsed[parsed >= 0]
+    fractional = labelled != np.floor(labelled)
+    too_big = labelled >= task.num_labels
+    if fractional.any() or too_big.any():
+        bad = labelled[fractional | too_big]
+        raise UserError(
+            f"{source}: column {task.label_column} has label(s) {', '.join(f'{v:g}' for v in np.unique(bad)[:3])} "
+            f"outside the class ids 0..{task.num_labels - 1} (task.num_labels={task.num_labels}); "
+            "fix the file or task.num_labels"
+        )
+    return parsed

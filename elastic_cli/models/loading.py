@@ -1,0 +1,309 @@
+"""Build a backbone adapter and its tokenizer: a tiny random model, a local folder, or a hub id.
+
+Checkpoints store only what the hub cannot give back offline: `save_backbone_files` writes the
+config and the tokenizer, the caller writes the whole multi-exit state dict, and
+`backbone_from_folder` rebuilds the architecture from those files without touching the hub.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
+    BertTokenizer,
+    MPNetConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+from transformers.utils import cached_file
+
+from elastic_cli.config import BackboneConfig, TinyBackboneConfig
+from elastic_cli.errors import UserError
+from elastic_cli.models.adapters import ADAPTERS, BackboneAdapter, make_adapter
+
+HUB_HINT = (
+    "point backbone.path at a local model folder, or use backbone=minilm-l6 / mpnet-base with "
+    "ELASTIC_MODELS set (see ../shared/assets/get-models.sh)"
+)
+
+# Special tokens of the tiny WordPiece tokenizers, in id order. MPNet's embeddings take padding_idx=1
+# as fixed (positions count from it), so its tiny vocabulary puts [PAD] at 1, as the real MPNet
+# vocabulary does (<s>=0 <pad>=1 </s>=2 <unk>=3).
+TINY_SPECIAL_TOKENS = {
+    "bert": ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+    "mpnet": ["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"],
+}
+# MPNet and RoBERTa-style positions start at padding_idx + 1: a sequence of T tokens needs T + 2 rows
+MPNET_POSITION_OFFSET = 2
+
+
+def build_backbone(
+    cfg: BackboneConfig, train_texts: Sequence[str] | None = None, seed: int = 0
+) -> tuple[BackboneAdapter, PreTrainedTokenizerBase]:
+    """The adapter (HF model in eval mode) and its tokenizer for `cfg`.
+
+    `cfg.tiny` set: a random model with those dimensions and a WordPiece tokenizer trained on
+    `train_texts`, both deterministic given `seed`. Otherwise `cfg.path` is a local folder or a hub id.
+    """
+    if cfg.family not in ADAPTERS:
+        raise UserError(f"backbone.family={cfg.family!r} is not one of {', '.join(ADAPTERS)}")
+    if cfg.tiny is not None:
+        if not train_texts:
+            raise UserError("a tiny backbone trains its tokenizer on the task's texts: none were given")
+        return _build_tiny(cfg.family, cfg.tiny, train_texts, seed)
+    return _load_pretrained(cfg.family, cfg.path)
+
+
+def save_backbone_files(adapter: BackboneAdapter, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
+    """Write config.json and the tokenizer files (not the weights: the caller saves its state dict)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    adapter.hf_config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def backbone_from_folder(folder: Path, family: str) -> tuple[BackboneAdapter, PreTrainedTokenizerBase]:
+    """The architecture saved by `save_backbone_files`, with random weights, and its tokenizer.
+
+    Never reaches the hub; the caller loads its own state dict into the adapter afterwards.
+    """
+    folder = Path(folder).expanduser()
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder} has no config.json: it is not a checkpoint folder written by `elastic train`")
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    model = _model_from_config(config)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    return make_adapter(family, model.eval()), tokenizer
+
+
+# ---------------------------------------------------------------- tiny random backbones
+
+
+def train_wordpiece_tokenizer(
+    texts: Iterable[str], vocab_size: int, family: str = "bert", model_max_length: int = 512
+) -> PreTrainedTokenizerFast:
+    """A lowercasing BERT-style WordPiece tokenizer trained on `texts` (pairs get token_type_ids 1)."""
+    special = TINY_SPECIAL_TOKENS[family]
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    # every alphabet character also enters the vocabulary as a "##" continuation: cap the alphabet
+    # so that specials + both alphabets fit in half the budget, leaving the rest for merges
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special,
+        limit_alphabet=max(1, (vocab_size - len(special)) // 4),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    if tokenizer.get_vocab_size() > vocab_size:
+        raise UserError(
+            f"backbone.tiny.vocab_size={vocab_size} is too small for the training texts "
+            f"({tokenizer.get_vocab_size()} tokens): raise it"
+        )
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    tokenizer.decoder = decoders.WordPiece()
+    # MPNet has no segment embeddings: its tokenizer returns no token_type_ids, like the real one
+    input_names = ["input_ids", "attention_mask"]
+    if family == "bert":
+        input_names.insert(1, "token_type_ids")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=model_max_length,
+        model_input_names=input_names,
+    )
+
+
+def tiny_config(family: str, tiny: TinyBackboneConfig, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
+    """The HF config of a tiny `family` model with the dimensions of `tiny` and the tokenizer's special ids."""
+    dims = {
+        "vocab_size": tiny.vocab_size,
+        "hidden_size": tiny.hidden_size,
+        "num_hidden_layers": tiny.num_layers,
+        "num_attention_heads": tiny.num_heads,
+        "intermediate_size": tiny.intermediate_size,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if family == "mpnet":
+        return MPNetConfig(
+            **dims,
+            max_position_embeddings=tiny.max_position_embeddings + MPNET_POSITION_OFFSET,
+            bos_token_id=tokenizer.cls_token_id,
+            eos_token_id=tokenizer.sep_token_id,
+        )
+    return BertConfig(**dims, max_position_embeddings=tiny.max_position_embeddings, type_vocab_size=2)
+
+
+def _build_tiny(
+    family: str, tiny: TinyBackboneConfig, train_texts: Sequence[str], seed: int
+) -> tuple[BackboneAdapter, PreTrainedTokenizerBase]:
+    tokenizer = train_wordpiece_tokenizer(train_texts, tiny.vocab_size, family, tiny.max_position_embeddings)
+    if family == "mpnet" and tokenizer.pad_token_id != 1:
+        raise AssertionError("MPNet needs [PAD] at id 1")  # guaranteed by TINY_SPECIAL_TOKENS
+    config = tiny_config(family, tiny, tokenizer)
+    # a private RNG stream: the same seed gives the same weights, and the caller's RNG is untouched
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _model_from_config(config)
+    return make_adapter(family, model.eval()), tokenizer
+
+
+# ---------------------------------------------------------------- pretrained backbones
+
+
+def _attention_implementation(model_class: type[PreTrainedModel]) -> str:
+    # sdpa where the architecture has it; MPNet's attention is written out in eager form only
+    return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
+
+
+def _model_from_config(config: PretrainedConfig) -> PreTrainedModel:
+    model_class = MODEL_MAPPING[type(config)]
+    return model_class._from_config(config, attn_implementation=_attention_implementation(model_class))
+
+
+def _hub_offline() -> bool:
+    # huggingface_hub reads HF_HUB_OFFLINE once at import: read the variables again for a later change
+    import huggingface_hub.constants
+
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    return huggingface_hub.constants.HF_HUB_OFFLINE or any(
+        flag.strip().lower() in ("1", "true", "yes", "on") for flag in flags
+    )
+
+
+def _resolve_source(path: str) -> tuple[str, bool]:
+    """(what to pass to from_pretrained, whether it is a local folder)."""
+    expanded = Path(os.path.expandvars(path)).expanduser()
+    if expanded.is_dir():
+        return str(expanded), True
+    # a hub id is "name" or "owner/name"; anything else is meant as a folder
+    looks_like_folder = path.startswith(("/", "~", ".", "$")) or path.count("/") > 1 or expanded.exists()
+    if looks_like_folder:
+        raise UserError(f"backbone.path={path!r}: no such folder ({expanded}); point it at a local model folder")
+    return path, False
+
+
+def _hub_error(model_id: str, err: Exception) -> UserError:
+    if "not a valid model identifier" in str(err):
+        return UserError(f"'{model_id}' is not a model on the Hugging Face hub; {HUB_HINT}")
+    return UserError(f"cannot load '{model_id}' from the Hugging Face hub (offline?); {HUB_HINT}")
+
+
+def _load_pretrained(family: str, path: str) -> tuple[BackboneAdapter, PreTrainedTokenizerBase]:
+    source, is_local = _resolve_source(path)
+    local_only = is_local or _hub_offline()
+    try:
+        config_file = cached_file(source, "config.json", local_files_only=local_only)
+    except OSError as err:
+        if is_local:
+            raise UserError(f"backbone.path={path!r}: {source} has no config.json, not a model folder") from None
+        raise _hub_error(source, err) from None
+    model_type = json.loads(Path(config_file).read_text()).get("model_type")
+    try:
+        if model_type not in CONFIG_MAPPING:
+            if family != "bert":
+                raise UserError(
+                    f"backbone.path={path!r} holds a {model_type!r} model, unknown to transformers; "
+                    "only family=bert can load such a model, as a BERT"
+                )
+            model, pooler_loaded = _load_as_bert(source, Path(config_file), local_only)
+            tokenizer = BertTokenizer.from_pretrained(source, local_files_only=local_only)
+        else:
+            config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+            model_class = MODEL_MAPPING[type(config)]
+            model, info = model_class.from_pretrained(
+                source,
+                config=config,
+                attn_implementation=_attention_implementation(model_class),
+                dtype=torch.float32,
+                local_files_only=local_only,
+                output_loading_info=True,
+            )
+            pooler_loaded = not any(key.startswith("pooler.") for key in info["missing_keys"])
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+    except OSError as err:
+        if is_local:
+            raise UserError(f"backbone.path={path!r}: cannot load the model in {source}: {err}") from None
+        raise _hub_error(source, err) from None
+    adapter = make_adapter(family, model.eval())
+    adapter.has_pretrained_pooler = adapter.has_pretrained_pooler and pooler_loaded
+    return adapter, tokenizer
+
+
+# ElasticBERT (fnlp/elasticbert-base) declares model_type "elasticbert", which transformers does not
+# know. Its encoder is BERT's (same module names under the prefix "elasticbert."), with one pooler per
+# exit layer in "encoder.pooler.<i>". This mapping is written from the fastnlp/ElasticBERT modeling
+# code and could NOT be verified offline against the real checkpoint: any backbone key it leaves
+# unmapped is reported as an error rather than silently left random.
+def _load_as_bert(source: str, config_file: Path, local_only: bool) -> tuple[BertModel, bool]:
+    raw = json.loads(config_file.read_text())
+    for key in ("model_type", "architectures", "auto_map", "transformers_version"):
+        raw.pop(key, None)
+    config = BertConfig(**raw)
+    model = BertModel._from_config(config, attn_implementation="sdpa")
+    weights = _read_checkpoint(source, local_only)
+    state = bert_names_from_elasticbert(weights, config.num_hidden_layers)
+    missing, _unexpected = model.load_state_dict(state, strict=False)
+    missing_backbone = [key for key in missing if not key.startswith("pooler.")]
+    if missing_backbone:
+        raise UserError(
+            f"cannot map the weights of '{source}' onto BERT: {len(missing_backbone)} missing, "
+            f"e.g. {missing_backbone[0]}; use a model that transformers knows"
+        )
+    return model, not any(key.startswith("pooler.") for key in missing)
+
+
+def bert_names_from_elasticbert(weights: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
+    """ElasticBERT parameter names mapped onto BertModel's; the last layer's pooler becomes BERT's pooler."""
+    last_pooler = f"encoder.pooler.{num_layers - 1}."
+    mapped: dict[str, torch.Tensor] = {}
+    for name, tensor in weights.items():
+        for prefix in ("elasticbert.", "bert."):
+            if name.startswith(prefix):
+                name = name[len(prefix) :]
+                break
+        # TF-era checkpoints name LayerNorm parameters gamma/beta
+        name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        if name.startswith(last_pooler):
+            mapped["pooler." + name[len(last_pooler) :]] = tensor
+        elif name.startswith(("embeddings.", "encoder.layer.")) and not name.endswith("position_ids"):
+            mapped[name] = tensor
+    return mapped
+
+
+def _read_checkpoint(source: str, local_only: bool) -> dict[str, torch.Tensor]:
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        resolved = cached_file(
+            source, filename, local_files_only=local_only, _raise_exceptions_for_missing_entries=False
+        )
+        if resolved is None:
+            continue
+        if filename.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(resolved)
+        return torch.load(resolved, map_location="cpu", weights_only=True)
+    raise UserError(f"'{source}' has neither model.safetensors nor pytorch_model.bin")

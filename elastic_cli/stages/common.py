@@ -1,0 +1,111 @@
+"""What every stage needs: seeding, the device, and the all-exits logits of a split (cached on disk)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from elastic_cli.config import DeviceConfig, RootConfig
+from elastic_cli.data import Encoded, batches
+from elastic_cli.errors import UserError
+from elastic_cli.models.multi_exit import MultiExitModel
+
+console = Console(stderr=True)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+
+
+def setup_device(cfg: DeviceConfig) -> torch.device:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA device is visible: use device=cpu")
+    if cfg.name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device=mps but MPS is not available: use device=cpu")
+    return torch.device(cfg.name)
+
+
+def progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+@torch.inference_mode()
+def all_exit_logits(
+    model: MultiExitModel, enc: Encoded, batch_size: int, pad_id: int, device: torch.device, label: str = ""
+) -> torch.Tensor:
+    """Logits of every exit for every example of `enc`, in its order: [N, E, C] float32 on the CPU."""
+    model.eval()
+    out = torch.empty(len(enc.labels), model.num_exits, model.num_labels)
+    # length-sorted batches pad less; `index` puts every row back in place
+    order = np.argsort(enc.lengths, kind="stable")
+    with progress() as bar:
+        task = bar.add_task(f"all exits {label}".strip(), total=len(order), info="")
+        for batch in batches(enc, batch_size, pad_id=pad_id, indices=order.tolist()):
+            batch = batch.to(device)
+            logits = model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+            out[batch.index.cpu()] = logits.float().cpu()
+            bar.advance(task, len(batch.index))
+    return out
+
+
+@dataclass
+class CachedLogits:
+    logits: torch.Tensor  # [N, E, C]
+    labels: np.ndarray
+    lengths: np.ndarray  # tokens per example
+
+
+def cached_logits(
+    ckpt: Path,
+    fingerprint: str,
+    split: str,
+    model: MultiExitModel,
+    enc: Encoded,
+    cfg: RootConfig,
+    pad_id: int,
+    device: torch.device,
+) -> CachedLogits:
+    """All-exits logits of a split, computed once per checkpoint weights and split contents."""
+    key = hashlib.sha256()
+    key.update(fingerprint.encode())
+    key.update(np.asarray(enc.labels).tobytes())
+    for ids in enc.input_ids:
+        key.update(np.asarray(ids, dtype=np.int64).tobytes())
+    path = ckpt / "cache" / f"{split}-{key.hexdigest()[:16]}.pt"
+    if path.is_file():
+        logits = torch.load(path, weights_only=True)
+    else:
+        logits = all_exit_logits(model, enc, cfg.device.eval_batch_size, pad_id, device, split)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(logits, tmp)
+        os.replace(tmp, path)
+    return CachedLogits(logits=logits, labels=np.asarray(enc.labels), lengths=np.asarray(enc.lengths))
+
+
+def exit_accuracies(logits: torch.Tensor, labels: np.ndarray) -> np.ndarray:
+    """Accuracy of every exit on its own, [E]."""
+    preds = logits.argmax(dim=-1).numpy()  # [N, E]
+    return (preds == np.asarray(labels)[:, None]).mean(axis=0)

@@ -1,0 +1,228 @@
+"""`elastic evaluate`: on the evaluation split(s), for one threshold (by default the calibrated one):
+task metric, per-exit accuracy, exit histogram, layer and FLOPs speed-up from one cached all-exits
+pass, the whole threshold curve from the same pass, and real batch-1 latency and batched throughput of
+the adaptive model beside the static model, measured in the same run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+from rich.table import Table
+
+from elastic_cli import calibration, checkpoint, exits, plots, timing, tracking
+from elastic_cli.config import RootConfig
+from elastic_cli.cost import EncoderDims, speedups
+from elastic_cli.data import Batch, Encoded, batches, encode, load_task_data
+from elastic_cli.errors import UserError
+from elastic_cli.metrics import compute_metrics, main_metric
+from elastic_cli.models.multi_exit import MultiExitModel
+from elastic_cli.stages.common import cached_logits, console, exit_accuracies, seed_everything, setup_device
+
+
+def _operating_point(cfg: RootConfig, calib: dict | None, exit_layers: list[int]) -> tuple[float, torch.Tensor | None, str]:
+    """The threshold and temperatures to evaluate, and where the threshold came from."""
+    temperatures = None
+    if calib is not None and calib.get("exit_layers") == exit_layers:
+        temperatures = torch.tensor(calib["temperatures"])
+    if cfg.method.exit.threshold is not None:
+        return float(cfg.method.exit.threshold), temperatures, "config"
+    if calib is None:
+        raise UserError(
+            "no exit threshold: run `elastic calibrate` with the same method/backbone/task first, "
+            "or set method.exit.threshold=..."
+        )
+    if calib["rule"] != cfg.method.exit.name:
+        raise UserError(
+            f"calibration.json was made for the {calib['rule']} rule, not {cfg.method.exit.name}: "
+            "re-run `elastic calibrate` or set method.exit.threshold=..."
+        )
+    return float(calib["threshold"]), temperatures, "calibration"
+
+
+def run(cfg: RootConfig, raw: DictConfig) -> float:
+    seed_everything(cfg.seed)
+    device = setup_device(cfg.device)
+    folder = checkpoint.checkpoint_dir(cfg)
+    meta = checkpoint.read_meta(folder)
+    if meta.task != cfg.task.name:
+        raise UserError(f"checkpoint {folder} was trained on {meta.task}, not task={cfg.task.name}")
+    rule = exits.get_rule(cfg.method.exit.name)
+    threshold, temperatures, source = _operating_point(cfg, checkpoint.read_calibration(folder), meta.exit_layers)
+    tracking.ensure_reachable(tracking.resolve_uri(cfg))
+
+    with tracking.stage_run(cfg, raw):
+        model, tokenizer, meta = checkpoint.load(folder, device)
+        pad_id = int(tokenizer.pad_token_id)
+        dims = EncoderDims.of(model.backbone, meta.num_labels)
+        data = load_task_data(cfg.task, cfg.seed)
+        tracking.log_params({"threshold_source": source, "exit_threshold": threshold})
+        headline: dict[str, float] = {}
+        for i, (split, examples) in enumerate(data.evals.items()):
+            enc = encode(examples, tokenizer, meta.max_seq_length)
+            cached = cached_logits(
+                folder, checkpoint.weights_fingerprint(folder), split, model, enc, cfg, pad_id, device
+            )
+            result = _score_split(cfg, rule, threshold, temperatures, cached, meta.exit_layers, dims)
+            tracking.log_metrics({f"{split}/{k}": v for k, v in result["metrics"].items()})
+            tracking.log_exit_histogram(result["counts"], meta.exit_layers, prefix=f"{split}/")
+            if cfg.evaluate.save_predictions:
+                tracking.log_dataframe(result["predictions"], f"{split}/predictions.csv")
+            if cfg.evaluate.grid:
+                tracking.log_dataframe(result["curve"], f"{split}/threshold_curve.csv")
+                tracking.log_figure(
+                    plots.pareto_figure(result["curve"], "flops_speedup", "accuracy", "threshold", f"{split}: threshold curve"),
+                    f"{split}/threshold_curve.png",
+                )
+            if i == 0:
+                headline = dict(result["metrics"])
+                if cfg.evaluate.latency:
+                    headline.update(_measure_latency(cfg, model, enc, cached, rule, threshold, temperatures, pad_id, device))
+                tracking.log_metrics(headline)
+                tracking.log_exit_histogram(result["counts"], meta.exit_layers)
+            _print(split, cfg, threshold, source, result, meta.exit_layers)
+        if cfg.evaluate.latency:
+            _print_latency(headline)
+        return float(headline.get("task_metric", float("nan")))
+
+
+def _score_split(cfg, rule, threshold, temperatures, cached, exit_layers: list[int], dims: EncoderDims) -> dict[str, Any]:
+    exit_idx, chosen = exits.simulate(rule, cached.logits, threshold, temperatures)
+    preds = chosen.argmax(dim=-1).numpy()
+    exit_idx_np = exit_idx.numpy()
+    layers_run = np.asarray(exit_layers)[exit_idx_np]
+    scores = compute_metrics(cfg.task.metric, preds, cached.labels)
+    cost = speedups(cached.lengths, layers_run, exit_idx_np + 1, dims)
+    accs = exit_accuracies(cached.logits, cached.labels)
+    counts = np.bincount(exit_idx_np, minlength=len(exit_layers))
+    metrics = {
+        **scores,
+        "task_metric": scores[main_metric(cfg.task.metric)],
+        "threshold": threshold,
+        "mean_exit_layer": float(layers_run.mean()),
+        "layer_speedup": cost["layer_speedup"],
+        "flops_speedup": cost["flops_speedup"],
+        "static_gflops_per_example": cost["static_gflops_per_example"],
+        "adaptive_gflops_per_example": cost["adaptive_gflops_per_example"],
+        "n_examples": float(len(preds)),
+        **{f"exit_accuracy_L{layer}": float(a) for layer, a in zip(exit_layers, accs)},
+    }
+    probs = chosen.softmax(dim=-1)
+    predictions = pd.DataFrame(
+        {
+            "row": np.arange(len(preds)),
+            "label": cached.labels,
+            "prediction": preds,
+            "exit_layer": layers_run,
+            "tokens": cached.lengths,
+            "confidence": probs.max(dim=-1).values.numpy(),
+        }
+    )
+    curve = None
+    if cfg.evaluate.grid:
+        grid = rule.grid(chosen.shape[-1], cfg.evaluate.grid_size).tolist()
+        curve = calibration.threshold_curve(
+            rule, cached.logits, cached.labels, exit_layers, grid, temperatures, cached.lengths, dims
+        )
+    return {"metrics": metrics, "counts": counts.tolist(), "predictions": predictions, "curve": curve}
+
+
+def _measure_latency(
+    cfg: RootConfig,
+    model: MultiExitModel,
+    enc: Encoded,
+    cached,
+    rule: exits.ExitRule,
+    threshold: float,
+    temperatures: torch.Tensor | None,
+    pad_id: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """Batch-1 latency (p50/p90) and batched throughput, adaptive beside static, in the same process."""
+    model.eval()
+    n = len(enc.labels)
+    rng = np.random.default_rng(cfg.seed)
+    subset = np.sort(rng.choice(n, size=min(cfg.evaluate.latency_samples, n), replace=False))
+    singles: dict[int, Batch] = {
+        int(b.index[0]): b.to(device) for b in batches(enc, 1, pad_id=pad_id, indices=subset.tolist())
+    }
+
+    def static(i: int) -> object:
+        b = singles[i]
+        return model.static_forward(b.input_ids, b.attention_mask, b.token_type_ids)
+
+    def adaptive(i: int) -> object:
+        b = singles[i]
+        return model.adaptive(b.input_ids, b.attention_mask, b.token_type_ids, rule, threshold, temperatures)
+
+    console.print(f"timing batch-1 latency on {len(subset)} examples (static and adaptive interleaved)")
+    ms = timing.latency_per_example({"static": static, "adaptive": adaptive}, subset.tolist(), cfg.evaluate.latency_warmup)
+    out: dict[str, float] = {}
+    for name, values in ms.items():
+        for k, v in timing.summarize_ms(values).items():
+            out[f"latency_{name}_{k}"] = v
+    out["latency_speedup_p50"] = out["latency_static_p50_ms"] / out["latency_adaptive_p50_ms"]
+
+    # batched: the adaptive path compacts the batch as examples exit
+    bs = cfg.device.throughput_batch_size
+    chunks = [b.to(device) for b in batches(enc, bs, pad_id=pad_id, indices=subset.tolist())]
+    n_batches = min(cfg.evaluate.throughput_batches, len(chunks))
+    variants = {
+        "static": lambda b: model.static_forward(b.input_ids, b.attention_mask, b.token_type_ids),
+        "adaptive": lambda b: model.adaptive(
+            b.input_ids, b.attention_mask, b.token_type_ids, rule, threshold, temperatures
+        ),
+    }
+    for name, fn in variants.items():
+
+        def one_batch(k: int, fn=fn) -> int:
+            b = chunks[k % len(chunks)]
+            fn(b)
+            return len(b.index)
+
+        with torch.inference_mode():
+            out[f"throughput_{name}"] = timing.throughput(one_batch, n_batches)
+    out["throughput_speedup"] = out["throughput_adaptive"] / out["throughput_static"]
+
+    # honesty check: the real early-exit path must agree with the simulation from cached logits
+    agree = []
+    with torch.inference_mode():
+        for b in chunks:
+            res = model.adaptive(b.input_ids, b.attention_mask, b.token_type_ids, rule, threshold, temperatures)
+            sim_idx, sim_logits = exits.simulate(rule, cached.logits[b.index.cpu()], threshold, temperatures)
+            agree.append(
+                (res.exit_index.cpu() == sim_idx) & (res.logits.argmax(-1).cpu() == sim_logits.argmax(-1))
+            )
+    out["adaptive_agreement"] = float(torch.cat(agree).float().mean())
+    return out
+
+
+def _print(split: str, cfg: RootConfig, threshold: float, source: str, result: dict, exit_layers: list[int]) -> None:
+    m = result["metrics"]
+    table = Table(title=f"{cfg.method.name} / {cfg.backbone.name} / {cfg.task.name} [{split}], {cfg.method.exit.name} threshold {threshold:.4f} ({source})")
+    table.add_column("exit layer", justify="right")
+    table.add_column("exit accuracy", justify="right")
+    table.add_column("exited here", justify="right")
+    total = max(1, sum(result["counts"]))
+    for layer, count in zip(exit_layers, result["counts"]):
+        table.add_row(str(layer), f"{m[f'exit_accuracy_L{layer}']:.4f}", f"{count} ({100 * count / total:.1f}%)")
+    console.print(table)
+    console.print(
+        f"{main_metric(cfg.task.metric)} {m['task_metric']:.4f} | mean exit layer {m['mean_exit_layer']:.2f} | "
+        f"layer speed-up {m['layer_speedup']:.2f}x | FLOPs speed-up {m['flops_speedup']:.2f}x"
+    )
+
+
+def _print_latency(h: dict[str, float]) -> None:
+    if "latency_static_p50_ms" not in h:
+        return
+    console.print(
+        f"batch-1 latency p50/p90: static {h['latency_static_p50_ms']:.2f}/{h['latency_static_p90_ms']:.2f} ms, "
+        f"adaptive {h['latency_adaptive_p50_ms']:.2f}/{h['latency_adaptive_p90_ms']:.2f} ms "
+        f"(p50 speed-up {h['latency_speedup_p50']:.2f}x) | throughput static {h['throughput_static']:.1f}/s, "
+        f"adaptive {h['throughput_adaptive']:.1f}/s | adaptive agrees with simulation on "
+        f"{100 * h['adaptive_agreement']:.1f}% of timed examples"
+    )

@@ -1,0 +1,122 @@
+"""Every YAML of every group composes against its schema; typos and wrong types fail at composition."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+from elastic_cli.config import RootConfig, parse_exit_layers, register_configs, to_root
+from elastic_cli.errors import UserError
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+GROUPS = ["method", "backbone", "task", "device"]
+STAGES = ["train", "calibrate", "evaluate"]
+
+
+@pytest.fixture(autouse=True)
+def hydra_ctx(monkeypatch):
+    monkeypatch.setenv("ELASTIC_MODELS", "/models")
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        yield
+    GlobalHydra.instance().clear()
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_config_composes_with_defaults(stage):
+    cfg = compose(config_name=stage)
+    root = to_root(cfg)
+    assert isinstance(root, RootConfig)
+    assert root.stage == stage
+    assert root.method.name == "early_exit" and root.backbone.name == "bert-base-uncased"
+    assert root.task.name == "sst2"
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_group_option_composes(group, option):
+    cfg = compose(config_name="train", overrides=[f"{group}={option}"])
+    root = to_root(cfg)
+    section = getattr(root, group)
+    # the option's file name is its name (device files name the device)
+    assert section.name == option
+
+
+def test_groups_are_not_empty():
+    assert "static" in options("method") and "early_exit" in options("method")
+    assert {"sst2", "mnli", "qnli", "rte", "mrpc", "qqp", "cola", "stsb", "imdb", "agnews", "snli"} <= set(options("task"))
+    assert {"minilm-l3", "minilm-l6", "mpnet-base", "tiny-bert", "tiny-mpnet", "bert-base-uncased"} <= set(options("backbone"))
+
+
+def test_local_backbone_path_reads_elastic_models():
+    root = to_root(compose(config_name="train", overrides=["backbone=minilm-l6"]))
+    assert root.backbone.path == "/models/minilm-l6"
+
+
+def test_task_table_values():
+    mnli = to_root(compose(config_name="train", overrides=["task=mnli"])).task
+    assert mnli.eval_splits == ["validation_matched", "validation_mismatched"]
+    assert mnli.num_labels == 3 and mnli.text_columns == ["premise", "hypothesis"]
+    stsb = to_root(compose(config_name="train", overrides=["task=stsb"])).task
+    assert stsb.num_labels == 1 and stsb.metric == "pearson_spearman"
+    assert to_root(compose(config_name="train", overrides=["task=mrpc"])).task.metric == "f1"
+    assert to_root(compose(config_name="train", overrides=["task=cola"])).task.metric == "matthews"
+
+
+def test_sweep_thresholds_is_a_multirun():
+    cfg = compose(config_name="evaluate", overrides=["sweep=thresholds"], return_hydra_config=True)
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    assert "method.exit.threshold" in cfg.hydra.sweeper.params
+
+
+def test_typo_in_key_fails_at_composition():
+    with pytest.raises(Exception) as err:
+        compose(config_name="train", overrides=["method.exit.treshold=0.9"])
+    assert "treshold" in str(err.value)
+
+
+def test_wrong_type_fails_at_composition():
+    with pytest.raises(Exception) as err:
+        compose(config_name="train", overrides=["train.batch_size=big"])
+    assert isinstance(err.value.__cause__, ValidationError) or "big" in str(err.value)
+
+
+def test_threshold_out_of_range_is_a_user_error():
+    cfg = compose(config_name="evaluate", overrides=["method.exit.threshold=1.5"])
+    with pytest.raises(UserError, match="outside"):
+        to_root(cfg)
+
+
+def test_unknown_enum_value_is_a_user_error():
+    cfg = compose(config_name="train", overrides=["backbone.pooling=max"])
+    with pytest.raises(UserError, match="backbone.pooling"):
+        to_root(cfg)
+
+
+def test_schema_rejects_unknown_key_in_yaml_node():
+    cfg = compose(config_name="train")
+    with pytest.raises((ConfigKeyError, ConfigAttributeError)):
+        OmegaConf.update(cfg, "task.not_a_field", 1, merge=False)
+
+
+@pytest.mark.parametrize(
+    "spec,layers,expected",
+    [("all", 4, [1, 2, 3, 4]), ("last", 6, [6]), ([2, 4], 6, [2, 4, 6]), ([4, 2, 2, 6], 6, [2, 4, 6])],
+)
+def test_parse_exit_layers(spec, layers, expected):
+    assert parse_exit_layers(spec, layers) == expected
+
+
+def test_exit_layer_beyond_depth_is_a_user_error():
+    with pytest.raises(UserError, match="beyond the backbone's 4 layers"):
+        parse_exit_layers([2, 7], 4)
