@@ -1,0 +1,188 @@
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from elastic_cli.calibration import (
+    choose_threshold,
+    exit_indices,
+    fit_temperature,
+    fit_temperatures,
+    threshold_curve,
+)
+from elastic_cli.cost import EncoderDims, speedups
+from elastic_cli.errors import UserError
+from elastic_cli.exits import RULES, simulate
+
+MAXPROB = RULES["maxprob"]
+
+
+def sampled_logits(n: int, num_classes: int, true_scale: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits z and labels drawn from softmax(z * true_scale): the calibrating temperature is 1/true_scale."""
+    gen = torch.Generator().manual_seed(seed)
+    z = 3.0 * torch.randn(n, num_classes, generator=gen)
+    labels = torch.multinomial((z * true_scale).softmax(dim=-1), 1, generator=gen).squeeze(1)
+    return z, labels
+
+
+@pytest.mark.parametrize("true_scale", [0.5, 2.0])
+def test_temperature_recovers_a_known_scale(true_scale):
+    z, labels = sampled_logits(20_000, 4, true_scale, seed=0)
+    assert fit_temperature(z, labels) == pytest.approx(1.0 / true_scale, rel=0.05)
+
+
+def test_calibrated_logits_keep_temperature_near_one():
+    z, labels = sampled_logits(20_000, 3, 1.0, seed=1)
+    assert fit_temperature(z, labels) == pytest.approx(1.0, abs=0.05)
+
+
+def test_temperature_is_one_when_nothing_improves_and_finite_when_separable():
+    labels = torch.tensor([0, 1, 2, 1])
+    # constant logits: every T gives the same NLL
+    assert fit_temperature(torch.zeros(4, 3), labels) == 1.0
+    # perfectly separated: the NLL falls as T -> 0; the fit stays bounded and never does worse than T = 1
+    separable = 5.0 * torch.nn.functional.one_hot(labels, 3).float()
+    t = fit_temperature(separable, labels)
+    assert 0.0 < t < 1.0 and math.isfinite(t)
+
+
+def test_fit_temperatures_one_per_exit():
+    z_hot, labels = sampled_logits(8_000, 3, 0.5, seed=2)
+    z_cold = z_hot / 4.0  # the same logits at a quarter of the scale need a quarter of the temperature
+    temps = fit_temperatures(torch.stack([z_hot, z_cold], dim=1), labels)
+    assert temps.shape == (2,)
+    assert temps[0].item() == pytest.approx(2.0, rel=0.08)
+    assert temps[1].item() == pytest.approx(temps[0].item() / 4.0, rel=1e-3)
+
+
+def confident(p: float, cls: int) -> list[float]:
+    """Two-class logits whose softmax puts probability p on class `cls`."""
+    pair = [math.log(p), math.log(1.0 - p)]
+    return pair if cls == 0 else pair[::-1]
+
+
+# three examples, exits after layers 1, 2 and 4; (probability of the prediction, predicted class) per exit
+HAND_LOGITS = torch.tensor(
+    [
+        [confident(0.95, 0), confident(0.90, 0), confident(0.97, 1)],  # label 0
+        [confident(0.60, 0), confident(0.85, 1), confident(0.99, 1)],  # label 1
+        [confident(0.55, 1), confident(0.70, 0), confident(0.75, 0)],  # label 1
+    ]
+)
+HAND_LABELS = np.array([0, 1, 1])
+
+
+def test_threshold_curve_on_hand_made_exits():
+    curve = threshold_curve(MAXPROB, HAND_LOGITS, HAND_LABELS, [1, 2, 4], [0.5, 0.8, 0.92, 1.0], None)
+    # 0.5: all leave at exit 0 (layers 1,1,1); 0.8: exits 0,1,2 (layers 1,2,4);
+    # 0.92: exits 0,2,2 (layers 1,4,4); 1.0: everyone runs to layer 4
+    np.testing.assert_allclose(curve["accuracy"], [2 / 3, 2 / 3, 2 / 3, 1 / 3])
+    np.testing.assert_allclose(curve["mean_exit_layer"], [1.0, 7 / 3, 3.0, 4.0])
+    np.testing.assert_allclose(curve["layer_speedup"], [4.0, 12 / 7, 4 / 3, 1.0])
+    np.testing.assert_allclose(curve["exit_frac_L1"], [1.0, 1 / 3, 1 / 3, 0.0])
+    np.testing.assert_allclose(curve["exit_frac_L2"], [0.0, 1 / 3, 0.0, 0.0])
+    np.testing.assert_allclose(curve["exit_frac_L4"], [0.0, 1 / 3, 2 / 3, 1.0])
+    assert "flops_speedup" not in curve
+
+
+def test_temperatures_change_who_exits():
+    # a huge temperature on exit 0 flattens it to 50/50: nobody leaves there at 0.8
+    temps = torch.tensor([100.0, 1.0, 1.0])
+    curve = threshold_curve(MAXPROB, HAND_LOGITS, HAND_LABELS, [1, 2, 4], [0.8], temps)
+    assert curve["exit_frac_L1"].item() == 0.0
+    assert curve["exit_frac_L2"].item() == pytest.approx(2 / 3)  # examples 0 (p=0.90) and 1 (p=0.85)
+
+
+def test_threshold_curve_agrees_with_simulate_and_speedups():
+    gen = torch.Generator().manual_seed(3)
+    logits = 2.0 * torch.randn(300, 4, 3, generator=gen)
+    labels = torch.randint(0, 3, (300,), generator=gen).numpy()
+    temps = torch.tensor([1.5, 1.2, 0.9, 1.0])
+    n_tokens = torch.randint(5, 60, (300,), generator=gen).numpy()
+    dims = EncoderDims(num_layers=6, hidden=16, intermediate=32, heads=2, num_labels=3)
+    exit_layers = [1, 2, 4, 6]
+    thresholds = MAXPROB.grid(3, 9).tolist()
+
+    curve = threshold_curve(MAXPROB, logits, labels, exit_layers, thresholds, temps, n_tokens, dims)
+    for row, threshold in zip(curve.itertuples(), thresholds, strict=True):
+        idx, chosen = simulate(MAXPROB, logits, threshold, temps)
+        assert row.accuracy == pytest.approx((chosen.argmax(-1).numpy() == labels).mean())
+        layers_run = np.asarray(exit_layers)[idx.numpy()]
+        expected = speedups(n_tokens, layers_run, idx.numpy() + 1, dims)
+        assert row.flops_speedup == pytest.approx(expected["flops_speedup"])
+        assert row.layer_speedup == pytest.approx(expected["layer_speedup"])
+        assert row.gflops_per_example == pytest.approx(expected["adaptive_gflops_per_example"])
+    fractions = curve[[f"exit_frac_L{layer}" for layer in exit_layers]].sum(axis=1)
+    np.testing.assert_allclose(fractions, 1.0)
+
+
+def test_threshold_curve_is_fast():
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(10_000, 12, 3, generator=gen)
+    labels = torch.randint(0, 3, (10_000,), generator=gen).numpy()
+    dims = EncoderDims(num_layers=12, hidden=768, intermediate=3072, heads=12, num_labels=3)
+    n_tokens = np.full(10_000, 128)
+    args = (MAXPROB, logits, labels, list(range(1, 13)), MAXPROB.grid(3, 100).tolist(), torch.ones(12))
+    threshold_curve(*args, n_tokens, dims)  # warm-up
+    start = time.perf_counter()
+    curve = threshold_curve(*args, n_tokens, dims)
+    assert time.perf_counter() - start < 1.0
+    assert len(curve) == 100
+
+
+def test_threshold_curve_refuses_mismatched_inputs():
+    with pytest.raises(ValueError, match="exit_layers"):
+        threshold_curve(MAXPROB, HAND_LOGITS, HAND_LABELS, [1, 4], [0.5], None)
+    with pytest.raises(ValueError, match="n_tokens and dims"):
+        threshold_curve(MAXPROB, HAND_LOGITS, HAND_LABELS, [1, 2, 4], [0.5], None, n_tokens=np.ones(3))
+    with pytest.raises(ValueError, match="temperatures"):
+        threshold_curve(MAXPROB, HAND_LOGITS, HAND_LABELS, [1, 2, 4], [0.5], torch.ones(2))
+
+
+def test_exit_indices_shape():
+    idx = exit_indices(MAXPROB, HAND_LOGITS, [0.5, 1.0], None)
+    assert idx.tolist() == [[0, 0, 0], [2, 2, 2]]
+
+
+CURVE = pd.DataFrame(
+    {
+        "threshold": [0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+        "accuracy": [0.80, 0.84, 0.86, 0.86, 0.89, 0.90],
+        "layer_speedup": [4.0, 2.5, 2.5, 2.5, 1.5, 1.0],
+    }
+)
+
+
+def test_accuracy_within_picks_the_fastest_good_enough_row():
+    # accuracy >= 0.84: rows 0.5..0.9; fastest is 2.5, where 0.6 and 0.7 are the most accurate (a plateau)
+    row = choose_threshold(CURVE, "accuracy_within", reference_accuracy=0.90, tolerance=0.06)
+    assert row["threshold"] == 0.7  # the slower edge of the plateau: safer for accuracy
+    assert row["target_met"] is True
+    row = choose_threshold(
+        CURVE, "accuracy_within", reference_accuracy=0.90, tolerance=0.06, larger_is_slower=False
+    )
+    assert row["threshold"] == 0.6
+    # tolerance is absolute and inclusive: 0.90 - 0.01 admits 0.89
+    assert choose_threshold(CURVE, "accuracy_within", reference_accuracy=0.90)["threshold"] == 0.8
+
+
+def test_speedup_picks_the_most_accurate_fast_enough_row():
+    row = choose_threshold(CURVE, "speedup", reference_accuracy=0.90, speedup=2.0)
+    assert row["threshold"] == 0.6  # 0.6 and 0.7 tie; the faster edge is safer for a speed target
+    assert row["target_met"] is True
+    assert choose_threshold(CURVE, "speedup", reference_accuracy=0.9, speedup=1.5)["threshold"] == 0.8
+
+
+def test_impossible_targets_return_the_closest_row_marked():
+    row = choose_threshold(CURVE, "speedup", reference_accuracy=0.90, speedup=5.0)
+    assert row["threshold"] == 0.4 and row["target_met"] is False
+    row = choose_threshold(CURVE, "accuracy_within", reference_accuracy=0.99, tolerance=0.01)
+    assert row["threshold"] == 0.9 and row["target_met"] is False
+
+
+def test_unknown_target_is_a_user_error():
+    with pytest.raises(UserError, match="calibrate.target"):
+        choose_threshold(CURVE, "fastest", reference_accuracy=0.9)

@@ -1,0 +1,206 @@
+"""End to end through the `elastic` console script, as a user runs it: train -> calibrate -> evaluate
+on a tiny random model and a synthetic task, then a threshold multirun; MLflow is read back and
+the logged values are checked. Bad input ends in one line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from synthetic import write_synthetic_task
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "method=early_exit",
+    "backbone=tiny-bert",
+    "task=sst2",
+    "train.lr=2e-3",
+    "train.epochs=6",
+    "train.batch_size=32",
+    "train.warmup_ratio=0.0",
+    "task.max_seq_length=32",
+    "evaluate.latency_samples=24",
+    "evaluate.latency_warmup=2",
+    "evaluate.throughput_batches=2",
+    "device.throughput_batch_size=8",
+    "device.threads=1",
+]
+
+
+def elastic(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    # a user's MLFLOW_TRACKING_URI must not leak in: the tests read the default sqlite store back
+    base = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    full_env = {**base, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "elastic_cli", *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+        timeout=600,
+    )
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("e2e")
+    write_synthetic_task(root / "data", n_train=900, n_dev=240, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(workdir: Path) -> Path:
+    data = f"task.data_dir={workdir / 'data'}"
+    ok(elastic("train", *TINY, data, cwd=workdir))
+    ok(elastic("calibrate", *TINY, data, cwd=workdir))
+    ok(elastic("evaluate", *TINY, data, cwd=workdir))
+    return workdir
+
+
+def _runs(workdir: Path, experiment: str = "sst2"):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'outputs' / 'mlflow.db'}")
+    return mlflow.search_runs(experiment_names=[experiment], output_format="pandas")
+
+
+def test_pipeline_writes_checkpoint_and_calibration(trained: Path):
+    ckpt = trained / "outputs" / "checkpoints" / "sst2" / "early_exit" / "tiny-bert" / "seed42"
+    assert (ckpt / "model.safetensors").is_file() and (ckpt / "config.yaml").is_file()
+    assert (ckpt / "backbone" / "config.json").is_file()
+    calib = json.loads((ckpt / "calibration.json").read_text())
+    assert calib["rule"] == "maxprob" and 0.0 <= calib["threshold"] <= 1.0
+    assert len(calib["temperatures"]) == 4 and all(t > 0 for t in calib["temperatures"])
+    # the calibrated threshold keeps accuracy within a point of the final exit, on the calibration split
+    if calib["target_met"]:
+        assert calib["accuracy"] >= calib["reference_accuracy"] - 0.01 - 1e-9
+
+
+def test_mlflow_holds_every_stage_and_the_metrics(trained: Path):
+    runs = _runs(trained)
+    stages = sorted(runs["tags.elastic.stage"].tolist())
+    assert stages == ["calibrate", "evaluate", "train"]
+    assert set(runs["status"]) == {"FINISHED"}
+    ev = runs[runs["tags.elastic.stage"] == "evaluate"].iloc[0]
+    assert ev["tags.elastic.method"] == "early_exit" and ev["tags.elastic.backbone"] == "tiny-bert"
+    # a learnable task: the tiny model clearly beats chance (0.5)
+    assert ev["metrics.accuracy"] > 0.7
+    assert ev["metrics.validation/accuracy"] == ev["metrics.accuracy"]
+    for key in ["layer_speedup", "flops_speedup", "mean_exit_layer", "latency_static_p50_ms",
+                "latency_adaptive_p50_ms", "latency_static_p90_ms", "throughput_static", "throughput_adaptive",
+                "exit_accuracy_L1", "exit_accuracy_L4"]:
+        assert f"metrics.{key}" in runs.columns and ev[f"metrics.{key}"] == ev[f"metrics.{key}"], key
+    assert 1.0 <= ev["metrics.layer_speedup"] <= 4.0
+    assert 1.0 <= ev["metrics.mean_exit_layer"] <= 4.0
+    # the real early-exit path agrees with the simulation on cached logits
+    assert ev["metrics.adaptive_agreement"] == 1.0
+    tr = runs[runs["tags.elastic.stage"] == "train"].iloc[0]
+    assert tr["params.seed"] == "42" and tr["metrics.train/loss"] == tr["metrics.train/loss"]
+
+
+def test_exit_histogram_and_predictions_are_logged(trained: Path):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    runs = _runs(trained)
+    ev = runs[runs["tags.elastic.stage"] == "evaluate"].iloc[0]
+    client = MlflowClient()
+    hist = client.get_metric_history(ev["run_id"], "exit_count")
+    assert sorted(m.step for m in hist) == [1, 2, 3, 4]
+    assert sum(m.value for m in hist) == 240
+    local = Path(mlflow.artifacts.download_artifacts(run_id=ev["run_id"], tracking_uri=mlflow.get_tracking_uri()))
+    names = {str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()}
+    assert "validation/predictions.csv" in names and "exit_histogram.png" in names
+    import pandas as pd
+
+    preds = pd.read_csv(local / "validation" / "predictions.csv")
+    assert len(preds) == 240 and set(preds["exit_layer"]) <= {1, 2, 3, 4}
+    # the logged accuracy is the accuracy of the logged predictions
+    assert abs((preds["prediction"] == preds["label"]).mean() - ev["metrics.accuracy"]) < 1e-9
+
+
+def test_threshold_sweep_is_one_parent_with_children(trained: Path):
+    data = f"task.data_dir={trained / 'data'}"
+    ok(elastic("evaluate", *TINY, data, "sweep=thresholds", "evaluate.latency=false", cwd=trained))
+    runs = _runs(trained)
+    parents = runs[runs["tags.elastic.sweep"] == "true"] if "tags.elastic.sweep" in runs else runs.iloc[0:0]
+    assert len(parents) == 1
+    parent_id = parents.iloc[0]["run_id"]
+    children = runs[runs.get("tags.mlflow.parentRunId") == parent_id]
+    assert len(children) == 8
+    thresholds = sorted(float(t) for t in children["params.method.exit.threshold"])
+    assert thresholds == [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99]
+    # a higher threshold never exits earlier on average
+    by_t = children.assign(t=children["params.method.exit.threshold"].astype(float)).sort_values("t")
+    assert by_t["metrics.mean_exit_layer"].is_monotonic_increasing
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(run_id=parent_id, tracking_uri=mlflow.get_tracking_uri()))
+    assert (local / "summary.csv").is_file() and (local / "pareto.png").is_file()
+    assert parents.iloc[0]["status"] == "FINISHED"
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["method=nope"], ["method/nope", "early_exit"]),
+        (["train.batch_size=big"], ["train.batch_size", "big"]),
+        (["method.exit.threshold=1.5"], ["outside [0.0, 1.0]"]),
+        (["task.data_dir=/no/such/folder"], ["/no/such/folder"]),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(workdir: Path, args, needles):
+    _one_line_error(elastic("train", *TINY, *args, cwd=workdir), *needles)
+
+
+def test_missing_checkpoint(workdir: Path):
+    data = f"task.data_dir={workdir / 'data'}"
+    _one_line_error(elastic("evaluate", *TINY, data, "seed=999", cwd=workdir), "no checkpoint", "elastic train")
+
+
+def test_hub_id_while_offline_says_use_a_local_folder(workdir: Path):
+    data = f"task.data_dir={workdir / 'data'}"
+    proc = elastic("train", "backbone=bert-base-uncased", data, "task.max_train_samples=10", cwd=workdir)
+    _one_line_error(proc, "bert-base-uncased", "backbone.path")
+
+
+def test_unreachable_tracking_server(workdir: Path):
+    data = f"task.data_dir={workdir / 'data'}"
+    proc = elastic("train", *TINY, data, cwd=workdir, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    _one_line_error(proc, "unreachable")
+
+
+def test_exit_layer_beyond_depth_fails_and_marks_the_run_failed(tmp_path: Path, workdir: Path):
+    data = f"task.data_dir={workdir / 'data'}"
+    proc = elastic("train", *TINY, data, "method.exit_layers=[2,9]", f"outputs={tmp_path / 'out'}", cwd=workdir)
+    _one_line_error(proc, "beyond the backbone's 4 layers")
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["sst2"])
+    assert runs["status"].tolist() == ["FAILED"]
+    assert not (tmp_path / "out" / "checkpoints").exists() or not any((tmp_path / "out" / "checkpoints").rglob("*.safetensors"))
+
+
+def test_help_lists_the_stages(workdir: Path):
+    out = ok(elastic("--help", cwd=workdir)).stdout
+    for stage in ("train", "calibrate", "evaluate"):
+        assert stage in out
+    cfg = ok(elastic("evaluate", "--cfg", "job", "method=static", cwd=workdir)).stdout
+    assert "name: static" in cfg

@@ -1,0 +1,130 @@
+"""The adaptive (early-exit) path equals the rule applied to cached all-exits logits; checkpoints
+round-trip and are written atomically."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from elastic_cli import checkpoint, exits
+from elastic_cli.config import BackboneConfig, TinyBackboneConfig
+from elastic_cli.models.loading import build_backbone
+from elastic_cli.models.multi_exit import MultiExitModel
+
+WORDS = "good great fine bad awful poor the a movie film plot actor was is very not quite".split()
+
+
+def _texts(n: int, seed: int = 0) -> list[str]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        k = int(torch.randint(2, 14, (1,), generator=g))
+        out.append(" ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (k,), generator=g)))
+    return out
+
+
+def _model(family: str, exit_layers=(1, 2, 3, 4)) -> tuple[MultiExitModel, object]:
+    torch.manual_seed(0)
+    cfg = BackboneConfig(
+        name=f"tiny-{family}", family=family, path="random",
+        tiny=TinyBackboneConfig(num_layers=4, hidden_size=32, num_heads=2, intermediate_size=64, vocab_size=200),
+        use_pretrained_pooler=False,
+    )
+    backbone, tok = build_backbone(cfg, train_texts=_texts(300), seed=0)
+    model = MultiExitModel(backbone, list(exit_layers), num_labels=3, use_pretrained_pooler=False)
+    with torch.no_grad():  # random heads are near-uniform: spread their confidences so exits differ
+        for head in model.heads:
+            head.classifier.weight.mul_(40.0)
+    return model.eval(), tok
+
+
+def _batch(tok, texts):
+    enc = tok(texts, padding=True, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids")
+
+
+@pytest.mark.parametrize("family", ["bert", "mpnet"])
+def test_adaptive_equals_simulation_batched_and_batch1(family):
+    model, tok = _model(family)
+    texts = _texts(24, seed=1)
+    ids, mask, types = _batch(tok, texts)
+    rule = exits.get_rule("maxprob")
+    temps = torch.tensor([1.3, 0.8, 1.0, 1.1])
+    with torch.no_grad():
+        cached = model(ids, mask, types)
+    seen_exits = set()
+    for threshold in [0.34, 0.5, 0.7, 0.9, 0.99, 1.0]:
+        sim_idx, sim_logits = exits.simulate(rule, cached, threshold, temps)
+        with torch.no_grad():
+            out = model.adaptive(ids, mask, types, rule, threshold, temps)
+        assert torch.equal(out.exit_index, sim_idx), threshold
+        assert torch.equal(out.logits.argmax(-1), sim_logits.argmax(-1))
+        torch.testing.assert_close(out.logits, sim_logits, atol=1e-4, rtol=1e-4)
+        seen_exits |= set(sim_idx.tolist())
+        # batch 1, one example at a time (the latency path)
+        for i, text in enumerate(texts[:8]):
+            one = _batch(tok, [text])
+            with torch.no_grad():
+                single = model.adaptive(*one, rule, threshold, temps)
+            assert int(single.exit_index) == int(sim_idx[i])
+            assert int(single.logits.argmax()) == int(sim_logits[i].argmax())
+    # the thresholds really exercise early and late exits, so the equality above means something
+    assert len(seen_exits) >= 3
+
+
+def test_static_forward_is_the_last_exit():
+    model, tok = _model("bert", exit_layers=(2, 4))
+    ids, mask, types = _batch(tok, _texts(6, seed=2))
+    with torch.no_grad():
+        torch.testing.assert_close(model.static_forward(ids, mask, types), model(ids, mask, types)[:, -1])
+
+
+def test_threshold_one_never_exits_early_and_lowest_always_exits_first():
+    model, tok = _model("bert")
+    ids, mask, types = _batch(tok, _texts(10, seed=3))
+    rule = exits.get_rule("maxprob")
+    with torch.no_grad():
+        assert model.adaptive(ids, mask, types, rule, 1.0 + 1e-9).exit_index.tolist() == [3] * 10
+        assert model.adaptive(ids, mask, types, rule, 0.0).exit_index.tolist() == [0] * 10
+
+
+def _meta(model) -> checkpoint.CheckpointMeta:
+    return checkpoint.CheckpointMeta(
+        method="early_exit", backbone="tiny-bert", family="bert", task="sst2", seed=0,
+        exit_layers=model.exit_layers, num_labels=3, label_names=["a", "b", "c"], pooling="cls",
+        max_seq_length=32,
+    )
+
+
+def test_checkpoint_round_trip(tmp_path):
+    from omegaconf import OmegaConf
+
+    model, tok = _model("bert")
+    folder = tmp_path / "ckpt"
+    checkpoint.save(folder, model, tok, OmegaConf.create({"seed": 0}), _meta(model))
+    loaded, tok2, meta = checkpoint.load(folder, torch.device("cpu"))
+    ids, mask, types = _batch(tok2, _texts(5, seed=4))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids, mask, types), model(ids, mask, types))
+    assert meta.exit_layers == [1, 2, 3, 4]
+    assert (folder / "config.yaml").is_file()
+
+
+def test_failed_save_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    model, tok = _model("bert")
+    folder = tmp_path / "ckpt"
+    checkpoint.save(folder, model, tok, OmegaConf.create({"v": 1}), _meta(model))
+    before = (folder / checkpoint.WEIGHTS).read_bytes()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(checkpoint, "save_backbone_files", boom)
+    with torch.no_grad():
+        model.heads[0].classifier.bias.add_(1.0)
+    with pytest.raises(RuntimeError, match="disk full"):
+        checkpoint.save(folder, model, tok, OmegaConf.create({"v": 2}), _meta(model))
+    assert (folder / checkpoint.WEIGHTS).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary folder left behind
