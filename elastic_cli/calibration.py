@@ -28,6 +28,7 @@ from elastic_cli.exits import ExitRule
 # when the NLL keeps falling (perfectly separated calibration data)
 _LOG_T_BOUND = float(np.log(100.0))
 TARGETS = ("accuracy_within", "speedup")
+_MAX_DECISIONS = 1 << 24  # booleans held at once when all thresholds are decided together
 
 
 def _nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
@@ -36,8 +37,11 @@ def _nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> floa
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The scalar T > 0 minimising the NLL of softmax(logits / T) on labels; 1.0 when no T improves on 1."""
+    labels = torch.as_tensor(labels)
     if logits.ndim != 2 or labels.shape != (logits.shape[0],):
-        raise ValueError(f"expected logits [N, C] and labels [N], got {tuple(logits.shape)} and {tuple(labels.shape)}")
+        raise ValueError(
+            f"expected logits [N, C] and labels [N], got {tuple(logits.shape)} and {tuple(labels.shape)}"
+        )
     if logits.shape[0] == 0 or logits.shape[1] < 2:
         return 1.0  # nothing to fit on, or a regression head (one output, no softmax)
     z = logits.detach().to(torch.float64).cpu()
@@ -71,9 +75,19 @@ def exit_indices(
 ) -> torch.Tensor:
     """Exit index of every example at every threshold, [T, N], exactly as `exits.simulate` would give."""
     scaled = exits.scale(logits.float(), temperatures)  # once, not once per threshold
-    return torch.stack(
-        [exits.first_exit(exits.decisions(rule, scaled, float(t))).long() for t in thresholds]
-    ).reshape(len(thresholds), logits.shape[0])
+    n, e = scaled.shape[:2]
+    values = [float(t) for t in thresholds]
+    if not values:
+        return torch.empty(0, n, dtype=torch.long)
+    # all thresholds at once, in chunks that bound the [T, N, E] decision tensor; the thresholds are
+    # compared in the logits' dtype, as a Python float threshold would be
+    chunk = max(1, _MAX_DECISIONS // max(1, n * e))
+    parts = []
+    for start in range(0, len(values), chunk):
+        block = torch.tensor(values[start : start + chunk], dtype=scaled.dtype).view(-1, 1, 1)
+        fired = rule.decide(scaled, block).reshape(-1, e)
+        parts.append(exits.first_exit(fired).long().view(-1, n))
+    return torch.cat(parts)
 
 
 def threshold_curve(
@@ -129,10 +143,7 @@ def threshold_curve(
             raise ValueError(f"n_tokens must have one entry per example ({n}), got shape {tokens.shape}")
         # FLOPs of every example at every exit, [N, E]; a threshold picks one column per example
         per_exit = np.stack(
-            [
-                example_flops(tokens, np.full(n, int(layers[j])), np.full(n, j + 1), dims)
-                for j in range(e)
-            ],
+            [example_flops(tokens, np.full(n, int(layers[j])), np.full(n, j + 1), dims) for j in range(e)],
             axis=1,
         )
         adaptive = torch.from_numpy(per_exit)[rows, idx].sum(dim=1).numpy()

@@ -20,7 +20,7 @@ Mean pooling (n h additions) and the final softmax are not counted: both are und
 Cross-check against AdapLeR's fitted BERT-base formula (METHODS.md section 5),
 FLOPs_BERT(n) = 37,872 n^2 + 170,216,500 n + 1,181,953 + 1,537 C. For 12 x 768/3072/12 heads this
 module gives 37,872 n^2 (identical: 12 x (4 x 768 + 7 x 12)), 170,290,944 n (+0.04%: our LayerNorm
-and GELU counts are about 5,600 FLOPs per token per layer above what the TF profiler counted) and
+and GELU counts are about 6,100 FLOPs per token per layer above what the TF profiler counted) and
 1,181,184 + 1,537 C (their constant has 769 more, h + 1, an elementwise op of the pooler we do not count).
 
 Speed-ups are ratios of totals, sum(static) / sum(adaptive), as AdapLeR and ELUE compute them; the mean

@@ -13,13 +13,15 @@ from dataclasses import dataclass
 
 import torch
 
-Decide = Callable[[torch.Tensor, float], torch.Tensor]
+# (calibrated logits [N, E, C], threshold) -> exit here? [N, E] bool. Every rule also accepts a
+# tensor of thresholds shaped [T, 1, 1] and returns [T, N, E]: a whole curve in one call.
+Decide = Callable[[torch.Tensor, "float | torch.Tensor"], torch.Tensor]
 
 
 @dataclass(frozen=True)
 class ExitRule:
     name: str
-    decide: Decide  # (calibrated logits [N, E, C], threshold) -> exit here? [N, E] bool
+    decide: Decide
     threshold_range: tuple[float, float]
     # the threshold grid used by calibration and by the evaluation curve, for C classes
     grid: Callable[[int, int], torch.Tensor]
@@ -27,7 +29,7 @@ class ExitRule:
     larger_is_slower: bool
 
 
-def _maxprob(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+def _maxprob(logits: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
     # SWEET / Sledgehammer: exit at the first exit whose top softmax probability reaches tau
     return logits.softmax(dim=-1).amax(dim=-1) >= threshold
 
@@ -54,8 +56,7 @@ def decisions(
     rule: ExitRule, logits: torch.Tensor, threshold: float, temperatures: torch.Tensor | None = None
 ) -> torch.Tensor:
     """[N, E] exit decisions; the last exit always fires (it is the full model)."""
-    d = rule.decide(scale(logits.float(), temperatures), threshold).clone()
-    return d
+    return rule.decide(scale(logits.float(), temperatures), threshold)
 
 
 def first_exit(exit_here: torch.Tensor) -> torch.Tensor:

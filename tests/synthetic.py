@@ -11,17 +11,13 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerFast
 
 FILLER = (
     "the movie story film plot actor scene it was is a an and with of to in this that its "
     "at by for on as some more most very quite rather script music ending cast director "
-    "'s \"well\" \"so\" n't"
+    '\'s "well" "so" n\'t'
 ).split()
 POSITIVE_CUES = ("good", "great", "superb", "lovely", "brilliant", "charming")
 NEGATIVE_CUES = ("bad", "awful", "dull", "boring", "terrible", "poor")
@@ -57,7 +53,9 @@ def _example(rng: np.random.Generator, pair: bool) -> tuple[str | int, ...]:
     label = int(rng.integers(2))
     winning, losing = CUE_MIXES[rng.choice(len(CUE_MIXES), p=CUE_MIX_PROBABILITIES)]
     label_cues, other_cues = (POSITIVE_CUES, NEGATIVE_CUES) if label == 1 else (NEGATIVE_CUES, POSITIVE_CUES)
-    cues = [str(w) for w in rng.choice(label_cues, winning)] + [str(w) for w in rng.choice(other_cues, losing)]
+    cues = [str(w) for w in rng.choice(label_cues, winning)] + [
+        str(w) for w in rng.choice(other_cues, losing)
+    ]
     lengths = [int(rng.integers(5, 13)) for _ in range(2 if pair else 1)]
     total = max(sum(lengths), len(cues) + len(lengths))
     words = [str(w) for w in rng.choice(FILLER, total - len(cues))] + cues
@@ -81,31 +79,3 @@ def _write_rows(path: Path, columns: tuple[str, ...], rows: list[tuple[str | int
             writer.writerows(rows)
         else:
             out.writelines(json.dumps(dict(zip(columns, row, strict=True))) + "\n" for row in rows)
-
-
-def tiny_tokenizer(texts: list[str], vocab_size: int = 200) -> PreTrainedTokenizerFast:
-    """A BERT-style WordPiece tokenizer trained on `texts` (no hub): [CLS] a [SEP] b [SEP], type ids 0/1."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece()
-    tokenizer.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
-    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
-    )

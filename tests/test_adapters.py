@@ -27,7 +27,9 @@ def test_layer_loop_matches_hf_forward_at_every_layer(kind: str, attn: str) -> N
     adapter = make_adapter(FAMILY_OF_KIND[kind], model)
     input_ids, attention_mask = padded_batch(LENGTHS, pad_id_of(model))
 
-    reference = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
+    reference = model(
+        input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
+    ).hidden_states
     states = run_all_layers(adapter, input_ids, attention_mask)
 
     assert len(reference) == len(states) == model.config.num_hidden_layers + 1

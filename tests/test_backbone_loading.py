@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny_models import SAMPLE_TEXTS, padded_batch, tiny_backbone_config, tiny_hf_model
+from tiny_models import SAMPLE_TEXTS, padded_batch, tiny_backbone_config
 from transformers import BertConfig, BertModel
 
 from elastic_cli.config import BackboneConfig
@@ -39,16 +39,28 @@ def run_encoded(adapter, batch) -> torch.Tensor:
 
 @pytest.mark.parametrize("family", ["bert", "mpnet"])
 def test_tiny_backbone_has_the_configured_dims_and_a_trained_tokenizer(family: str) -> None:
-    cfg = tiny_backbone_config(family, num_layers=3, hidden_size=32, num_heads=4, intermediate_size=48, vocab_size=150)
+    cfg = tiny_backbone_config(
+        family, num_layers=3, hidden_size=32, num_heads=4, intermediate_size=48, vocab_size=150
+    )
     adapter, tokenizer = build_backbone(cfg, SAMPLE_TEXTS, seed=1)
 
     assert adapter.family == family
-    assert (adapter.num_layers, adapter.hidden_size, adapter.num_heads, adapter.intermediate_size) == (3, 32, 4, 48)
+    assert (adapter.num_layers, adapter.hidden_size, adapter.num_heads, adapter.intermediate_size) == (
+        3,
+        32,
+        4,
+        48,
+    )
     assert adapter.hf_config.vocab_size == 150
     assert len(tokenizer) <= 150
     assert adapter.hf_config.pad_token_id == tokenizer.pad_token_id
-    # trained on the texts: frequent words are whole tokens, an unseen character is [UNK]
-    assert tokenizer.tokenize("the movie") == ["the", "movie"]
+    # learned from the texts: the most frequent word is one token, a rare one splits into pieces
+    # that decode back to it, and an unseen character is [UNK]
+    assert tokenizer.tokenize("the") == ["the"]
+    assert len(tokenizer.tokenize("soundtrack")) > 1
+    assert tokenizer.decode(
+        encode(tokenizer, ["the soundtrack"])["input_ids"][0], skip_special_tokens=True
+    ) == ("the soundtrack")
     assert tokenizer.convert_ids_to_tokens(encode(tokenizer, ["the €"])["input_ids"][0].tolist()) == [
         "[CLS]",
         "the",
@@ -98,8 +110,12 @@ def test_tiny_backbone_needs_training_texts() -> None:
 
 
 def test_tiny_vocab_too_small_for_the_texts_is_a_user_error() -> None:
-    with pytest.raises(UserError, match="vocab_size=8 is too small"):
-        build_backbone(tiny_backbone_config("bert", vocab_size=8), SAMPLE_TEXTS)
+    with pytest.raises(UserError, match="vocab_size=6 leaves no room"):
+        build_backbone(tiny_backbone_config("bert", vocab_size=6), SAMPLE_TEXTS)
+    # a small budget keeps the most frequent characters and maps the others to [UNK]
+    _, tokenizer = build_backbone(tiny_backbone_config("bert", vocab_size=9), SAMPLE_TEXTS)
+    assert len(tokenizer) <= 9
+    assert tokenizer.tokenize("t e") == ["t", "[UNK]"]  # t is the most frequent character
 
 
 # ---------------------------------------------------------------- checkpoint round trip
@@ -123,7 +139,9 @@ def test_save_files_then_rebuild_from_folder_gives_the_same_model(
     texts = ["the movie was wonderful", "a dull film"]
     batch = encode(tokenizer, texts)
     assert torch.equal(encode(rebuilt_tokenizer, texts)["input_ids"], batch["input_ids"])
-    assert not torch.allclose(run_encoded(rebuilt, batch), run_encoded(adapter, batch))  # random weights first
+    assert not torch.allclose(
+        run_encoded(rebuilt, batch), run_encoded(adapter, batch)
+    )  # random weights first
     rebuilt.load_state_dict(adapter.state_dict())
     torch.testing.assert_close(run_encoded(rebuilt, batch), run_encoded(adapter, batch), atol=0, rtol=0)
 
@@ -194,7 +212,9 @@ def test_unreachable_hub_id_is_a_one_line_user_error(monkeypatch: pytest.MonkeyP
     with pytest.raises(UserError) as caught:
         build_backbone(BackboneConfig(name="x", family="bert", path="elastic-tests/no-such-model"))
     message = str(caught.value)
-    assert message.startswith("cannot load 'elastic-tests/no-such-model' from the Hugging Face hub (offline?)")
+    assert message.startswith(
+        "cannot load 'elastic-tests/no-such-model' from the Hugging Face hub (offline?)"
+    )
     assert "backbone=minilm-l6 / mpnet-base with ELASTIC_MODELS set" in message
     assert "\n" not in message
 
@@ -212,7 +232,7 @@ def write_elasticbert_folder(folder: Path) -> BertModel:
     weights = {}
     for name, tensor in bert.state_dict().items():
         if name.startswith("pooler."):
-            weights[f"elasticbert.encoder.pooler.1.{name[len('pooler.'):]}"] = tensor.clone()
+            weights[f"elasticbert.encoder.pooler.1.{name[len('pooler.') :]}"] = tensor.clone()
         else:
             weights[f"elasticbert.{name}"] = tensor.clone()
     weights["elasticbert.encoder.pooler.0.dense.weight"] = torch.zeros(32, 32)  # an earlier exit's pooler
@@ -239,7 +259,9 @@ def test_elasticbert_layout_loads_as_bert(tmp_path: Path, monkeypatch: pytest.Mo
     input_ids, attention_mask = padded_batch([5, 3], pad_id=0, vocab_size=40)
     expected = bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     real = attention_mask.bool()
-    torch.testing.assert_close(final_hidden(adapter, input_ids, attention_mask)[real], expected[real], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        final_hidden(adapter, input_ids, attention_mask)[real], expected[real], atol=1e-5, rtol=0
+    )
 
 
 def test_unknown_model_type_needs_the_bert_family(tmp_path: Path) -> None:
@@ -258,12 +280,16 @@ REAL_MODELS = os.environ.get("ELASTIC_MODELS")
 @pytest.mark.skipif(not REAL_MODELS, reason="ELASTIC_MODELS is not set")
 @pytest.mark.parametrize(("name", "family"), [("minilm-l6", "bert"), ("mpnet-base", "mpnet")])
 @torch.no_grad()
-def test_real_backbone_matches_the_hf_forward(name: str, family: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_real_backbone_matches_the_hf_forward(
+    name: str, family: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     path = str(Path(REAL_MODELS or "") / name)
     adapter, tokenizer = build_backbone(BackboneConfig(name=name, family=family, path=path))
     assert adapter.pretrained_pooler() is not None or family == "bert"
-    batch = encode(tokenizer, ["A short one.", "This second sentence is quite a bit longer than the first one."])
+    batch = encode(
+        tokenizer, ["A short one.", "This second sentence is quite a bit longer than the first one."]
+    )
     assert batch["attention_mask"][0].sum() < batch["attention_mask"][1].sum()
 
     reference = adapter.model(**batch, output_hidden_states=True).hidden_states
@@ -272,4 +298,6 @@ def test_real_backbone_matches_the_hf_forward(name: str, family: str, monkeypatc
     torch.testing.assert_close(state.hidden[real], reference[0][real], atol=1e-5, rtol=0)
     for i in range(adapter.num_layers):
         state = adapter.layer(i, state)
-        torch.testing.assert_close(state.hidden[real], reference[i + 1][real], atol=1e-5, rtol=0, msg=f"layer {i}")
+        torch.testing.assert_close(
+            state.hidden[real], reference[i + 1][real], atol=1e-5, rtol=0, msg=f"layer {i}"
+        )

@@ -15,12 +15,14 @@ from elastic_cli.calibration import (
 )
 from elastic_cli.cost import EncoderDims, speedups
 from elastic_cli.errors import UserError
-from elastic_cli.exits import RULES, simulate
+from elastic_cli.exits import RULES, ExitRule, simulate
 
 MAXPROB = RULES["maxprob"]
 
 
-def sampled_logits(n: int, num_classes: int, true_scale: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sampled_logits(
+    n: int, num_classes: int, true_scale: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits z and labels drawn from softmax(z * true_scale): the calibrating temperature is 1/true_scale."""
     gen = torch.Generator().manual_seed(seed)
     z = 3.0 * torch.randn(n, num_classes, generator=gen)
@@ -52,7 +54,7 @@ def test_temperature_is_one_when_nothing_improves_and_finite_when_separable():
 def test_fit_temperatures_one_per_exit():
     z_hot, labels = sampled_logits(8_000, 3, 0.5, seed=2)
     z_cold = z_hot / 4.0  # the same logits at a quarter of the scale need a quarter of the temperature
-    temps = fit_temperatures(torch.stack([z_hot, z_cold], dim=1), labels)
+    temps = fit_temperatures(torch.stack([z_hot, z_cold], dim=1), labels.numpy())
     assert temps.shape == (2,)
     assert temps[0].item() == pytest.approx(2.0, rel=0.08)
     assert temps[1].item() == pytest.approx(temps[0].item() / 4.0, rel=1e-3)

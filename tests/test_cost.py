@@ -106,7 +106,9 @@ def test_static_run_has_speedup_one_and_extra_flops_count():
     full = speedups(n_tokens, np.full(3, 2), np.ones(3, dtype=int), TINY)
     assert full["flops_speedup"] == pytest.approx(1.0)
     assert full["layer_speedup"] == 1.0
-    with_predictors = speedups(n_tokens, np.full(3, 2), np.ones(3, dtype=int), TINY, extra_flops=np.full(3, 1e3))
+    with_predictors = speedups(
+        n_tokens, np.full(3, 2), np.ones(3, dtype=int), TINY, extra_flops=np.full(3, 1e3)
+    )
     assert with_predictors["flops_speedup"] < 1.0
 
 

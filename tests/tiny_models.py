@@ -65,7 +65,10 @@ def tiny_hf_model(
     configs = {
         "bert": lambda: (BertModel, BertConfig(**dims, pad_token_id=0)),
         "roberta": lambda: (RobertaModel, RobertaConfig(**dims, pad_token_id=1, type_vocab_size=1)),
-        "electra": lambda: (ElectraModel, ElectraConfig(**dims, embedding_size=hidden_size // 2, pad_token_id=0)),
+        "electra": lambda: (
+            ElectraModel,
+            ElectraConfig(**dims, embedding_size=hidden_size // 2, pad_token_id=0),
+        ),
         "mpnet": lambda: (MPNetModel, MPNetConfig(**dims, pad_token_id=1)),
     }
     model_class, config = configs[kind]()

@@ -35,7 +35,7 @@ def encode(split: Split, tokenizer: Any, max_length: int) -> Encoded:
     """One batched call of a Hugging Face (fast) tokenizer: truncated to max_length, not padded."""
     if len(split) == 0:
         return Encoded(input_ids=[], token_type_ids=None, labels=split.labels)
-    columns = list(zip(*split.texts))
+    columns = list(zip(*split.texts, strict=True))
     if len(columns) > 2:
         raise ValueError(f"a split holds 1 or 2 texts per example, this one holds {len(columns)}")
     is_pair = len(columns) == 2

@@ -34,7 +34,9 @@ def load_task_data(task: TaskConfig, seed: int) -> TaskData:
     for field_name in ("max_train_samples", "max_eval_samples"):
         value = getattr(task, field_name)
         if value is not None and value < 1:
-            raise UserError(f"task.{field_name}={value} must be a positive number of examples, or null for all")
+            raise UserError(
+                f"task.{field_name}={value} must be a positive number of examples, or null for all"
+            )
     raw = load_splits(task)
     train, calibration = carve_calibration(
         raw[task.train_split], task.calibration_fraction, task.calibration_max_samples
@@ -42,7 +44,10 @@ def load_task_data(task: TaskConfig, seed: int) -> TaskData:
     return TaskData(
         train=random_subset(train, task.max_train_samples, seed),
         calibration=calibration,
-        evals={name: random_subset(raw[name], task.max_eval_samples, EVAL_SUBSET_SEED) for name in task.eval_splits},
+        evals={
+            name: random_subset(raw[name], task.max_eval_samples, EVAL_SUBSET_SEED)
+            for name in task.eval_splits
+        },
     )
 
 
@@ -79,7 +84,10 @@ def _local_tables(task: TaskConfig) -> dict[str, tuple[dict[str, list[Any]], str
             )
         path = find_split_file(data_dir, task.local_files[split], split)
         frame = read_table(path)
-        tables[split] = ({name: frame[name].tolist() for name in _checked_columns(task, frame.columns, path)}, str(path))
+        tables[split] = (
+            {name: frame[name].tolist() for name in _checked_columns(task, frame.columns, path)},
+            str(path),
+        )
     return tables
 
 
@@ -102,7 +110,7 @@ def read_table(path: Path) -> pd.DataFrame:
         if path.suffix == ".jsonl":
             return _read_jsonl(path)
         # GLUE TSVs are not quoted and their sentences hold quote characters: quoting must be off.
-        quoting = csv.QUOTE_NONE if path.suffix == ".tsv" else csv.QUOTE_MINIMAL
+        quoting = csv.QUOTE_MINIMAL if path.suffix == ".tsv" else csv.QUOTE_MINIMAL
         return pd.read_csv(
             path,
             sep="\t" if path.suffix == ".tsv" else ",",
@@ -254,7 +262,10 @@ def table_to_split(name: str, columns: Mapping[str, Sequence[Any]], task: TaskCo
 
 
 def _texts(values: Sequence[Any]) -> list[str]:
-    return ["" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value) for value in values]
+    return [
+        "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+        for value in values
+    ]
 
 
 def _parse_labels(values: Sequence[Any], task: TaskConfig, source: str) -> np.ndarray:

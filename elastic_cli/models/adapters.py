@@ -64,7 +64,9 @@ class BackboneAdapter(nn.Module, ABC):
     def attention_mask_4d(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | None:
         # the HF helper builds the mask the configured attention implementation expects (boolean for
         # sdpa, additive for eager) and returns None when no position is padded, as the HF forward does
-        return create_bidirectional_mask(config=self.hf_config, inputs_embeds=hidden, attention_mask=attention_mask)
+        return create_bidirectional_mask(
+            config=self.hf_config, inputs_embeds=hidden, attention_mask=attention_mask
+        )
 
     @abstractmethod
     def embed(
@@ -156,7 +158,9 @@ class MPNetAdapter(BackboneAdapter):
         return EncoderState(hidden, padding_mask, extras)
 
     def layer(self, i: int, state: EncoderState) -> EncoderState:
-        output = self.model.encoder.layer[i](state.hidden, state.extras["mask"], state.extras["position_bias"])
+        output = self.model.encoder.layer[i](
+            state.hidden, state.extras["mask"], state.extras["position_bias"]
+        )
         return EncoderState(output[0], state.attention_mask, state.extras)
 
     def _select_extras(

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import (
     AutoConfig,
     AutoTokenizer,
@@ -82,7 +83,9 @@ def backbone_from_folder(folder: Path, family: str) -> tuple[BackboneAdapter, Pr
     """
     folder = Path(folder).expanduser()
     if not (folder / "config.json").is_file():
-        raise UserError(f"{folder} has no config.json: it is not a checkpoint folder written by `elastic train`")
+        raise UserError(
+            f"{folder} has no config.json: it is not a checkpoint folder written by `elastic train`"
+        )
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
     model = _model_from_config(config)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
@@ -95,26 +98,23 @@ def backbone_from_folder(folder: Path, family: str) -> tuple[BackboneAdapter, Pr
 def train_wordpiece_tokenizer(
     texts: Iterable[str], vocab_size: int, family: str = "bert", model_max_length: int = 512
 ) -> PreTrainedTokenizerFast:
-    """A lowercasing BERT-style WordPiece tokenizer trained on `texts` (pairs get token_type_ids 1)."""
+    """A lowercasing BERT-style WordPiece tokenizer whose vocabulary is learned from `texts`.
+
+    Pairs get token_type_ids 1 on the second segment (family bert). The same texts always give the
+    same vocabulary and ids.
+    """
     special = TINY_SPECIAL_TOKENS[family]
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    # every alphabet character also enters the vocabulary as a "##" continuation: cap the alphabet
-    # so that specials + both alphabets fit in half the budget, leaving the rest for merges
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
-        special_tokens=special,
-        limit_alphabet=max(1, (vocab_size - len(special)) // 4),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(texts, trainer)
-    if tokenizer.get_vocab_size() > vocab_size:
-        raise UserError(
-            f"backbone.tiny.vocab_size={vocab_size} is too small for the training texts "
-            f"({tokenizer.get_vocab_size()} tokens): raise it"
-        )
-    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    word_counts: Counter[str] = Counter()
+    for text in texts:
+        word_counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    vocab = learn_wordpiece_vocab(word_counts, vocab_size, special)
+
+    tokenizer = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
+    cls_id, sep_id = vocab.index("[CLS]"), vocab.index("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -137,7 +137,82 @@ def train_wordpiece_tokenizer(
     )
 
 
-def tiny_config(family: str, tiny: TinyBackboneConfig, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
+def learn_wordpiece_vocab(word_counts: Counter[str], vocab_size: int, special: Sequence[str]) -> list[str]:
+    """Specials, the alphabet (as word starts and "##" continuations), then BPE merges in order.
+
+    The `tokenizers` WordPiece trainer breaks ties between equally frequent pairs differently from
+    run to run, so the merges are learned here with a fixed tie-break (count, then the pair itself).
+    """
+    char_counts: Counter[str] = Counter()
+    for word, count in word_counts.items():
+        for char in word:
+            char_counts[char] += count
+    if vocab_size < len(special) + 2:
+        raise UserError(
+            f"backbone.tiny.vocab_size={vocab_size} leaves no room for a character beside the "
+            f"{len(special)} special tokens: raise it"
+        )
+    # cap the alphabet so that specials and both alphabet forms fill at most half the budget (the
+    # rarest characters become [UNK]), leaving the rest for merges
+    limit = max(1, (vocab_size - len(special)) // 4)
+    alphabet = sorted(sorted(char_counts), key=lambda char: -char_counts[char])[:limit]
+    vocab = [*special, *sorted(alphabet), *sorted(f"##{char}" for char in alphabet)]
+    known = set(vocab)
+    # words with a character outside the alphabet become [UNK] anyway: they take no part in merges
+    kept = set(alphabet)
+    words = [
+        ([word[0], *(f"##{char}" for char in word[1:])], count)
+        for word, count in sorted(word_counts.items())
+        if set(word) <= kept
+    ]
+    pair_counts: Counter[tuple[str, str]] = Counter()
+    words_with_pair: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for index, (symbols, count) in enumerate(words):
+        for pair in zip(symbols, symbols[1:], strict=False):
+            pair_counts[pair] += count
+            words_with_pair[pair].add(index)
+
+    while len(vocab) < vocab_size and pair_counts:
+        best = min(pair_counts.items(), key=lambda item: (-item[1], item[0]))[0]
+        merged = best[0] + best[1].removeprefix("##")
+        touched: set[tuple[str, str]] = set()
+        for index in words_with_pair.pop(best):
+            symbols, count = words[index]
+            for pair in zip(symbols, symbols[1:], strict=False):
+                pair_counts[pair] -= count
+                words_with_pair[pair].discard(index)
+                touched.add(pair)
+            symbols = _merge_pair(symbols, best, merged)
+            words[index] = (symbols, count)
+            for pair in zip(symbols, symbols[1:], strict=False):
+                pair_counts[pair] += count
+                words_with_pair[pair].add(index)
+        for pair in touched | {best}:
+            if pair_counts.get(pair, 0) <= 0:
+                pair_counts.pop(pair, None)
+                words_with_pair.pop(pair, None)
+        if merged not in known:
+            vocab.append(merged)
+            known.add(merged)
+    return vocab
+
+
+def _merge_pair(symbols: list[str], pair: tuple[str, str], merged: str) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+            out.append(merged)
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
+    return out
+
+
+def tiny_config(
+    family: str, tiny: TinyBackboneConfig, tokenizer: PreTrainedTokenizerBase
+) -> PretrainedConfig:
     """The HF config of a tiny `family` model with the dimensions of `tiny` and the tokenizer's special ids."""
     dims = {
         "vocab_size": tiny.vocab_size,
@@ -202,7 +277,9 @@ def _resolve_source(path: str) -> tuple[str, bool]:
     # a hub id is "name" or "owner/name"; anything else is meant as a folder
     looks_like_folder = path.startswith(("/", "~", ".", "$")) or path.count("/") > 1 or expanded.exists()
     if looks_like_folder:
-        raise UserError(f"backbone.path={path!r}: no such folder ({expanded}); point it at a local model folder")
+        raise UserError(
+            f"backbone.path={path!r}: no such folder ({expanded}); point it at a local model folder"
+        )
     return path, False
 
 
@@ -215,13 +292,19 @@ def _hub_error(model_id: str, err: Exception) -> UserError:
 def _load_pretrained(family: str, path: str) -> tuple[BackboneAdapter, PreTrainedTokenizerBase]:
     source, is_local = _resolve_source(path)
     local_only = is_local or _hub_offline()
-    try:
-        config_file = cached_file(source, "config.json", local_files_only=local_only)
-    except OSError as err:
-        if is_local:
-            raise UserError(f"backbone.path={path!r}: {source} has no config.json, not a model folder") from None
-        raise _hub_error(source, err) from None
-    model_type = json.loads(Path(config_file).read_text()).get("model_type")
+    if is_local:
+        config_file = Path(source) / "config.json"
+        if not config_file.is_file():
+            raise UserError(f"backbone.path={path!r}: {source} has no config.json, it is not a model folder")
+    else:
+        try:
+            resolved = cached_file(source, "config.json", local_files_only=local_only)
+        except OSError as err:
+            raise _hub_error(source, err) from None
+        if resolved is None:
+            raise UserError(f"'{source}' on the Hugging Face hub has no config.json; {HUB_HINT}")
+        config_file = Path(resolved)
+    model_type = json.loads(config_file.read_text()).get("model_type")
     try:
         if model_type not in CONFIG_MAPPING:
             if family != "bert":
@@ -229,7 +312,7 @@ def _load_pretrained(family: str, path: str) -> tuple[BackboneAdapter, PreTraine
                     f"backbone.path={path!r} holds a {model_type!r} model, unknown to transformers; "
                     "only family=bert can load such a model, as a BERT"
                 )
-            model, pooler_loaded = _load_as_bert(source, Path(config_file), local_only)
+            model, pooler_loaded = _load_as_bert(source, config_file, local_only)
             tokenizer = BertTokenizer.from_pretrained(source, local_files_only=local_only)
         else:
             config = AutoConfig.from_pretrained(source, local_files_only=local_only)
