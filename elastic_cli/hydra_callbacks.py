@@ -168,6 +168,8 @@ def finish_sweep_parent(parent: SweepParent, force_failed: bool = False) -> pd.D
             stage = parent_run.data.tags.get("elastic.stage", "")
             task = parent_run.data.tags.get("elastic.task", "")
             title = f"{task} {stage}: {Y_METRIC} vs {X_METRIC}".strip()
+            if label_cols:
+                title += f"  (points: {', '.join(label_cols)})"
             client.log_figure(
                 parent.run_id, pareto_figure(points, X_METRIC, Y_METRIC, "label", title), "pareto.png"
             )
@@ -185,22 +187,24 @@ def child_runs(client: MlflowClient, parent_id: str) -> list[Any]:
     experiment_ids: list[str] = []
     token = None
     while True:
-        page = client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
-        experiment_ids += [e.experiment_id for e in page]
-        token = page.token
+        experiments = client.search_experiments(
+            view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token
+        )
+        experiment_ids += [e.experiment_id for e in experiments]
+        token = experiments.token
         if not token:
             break
     runs: list[Any] = []
     token = None
     while True:
-        page = client.search_runs(
+        found = client.search_runs(
             experiment_ids,
             filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
             max_results=1000,
             page_token=token,
         )
-        runs += list(page)
-        token = page.token
+        runs += list(found)
+        token = found.token
         if not token:
             break
     return sorted(runs, key=lambda run: run.info.start_time or 0)

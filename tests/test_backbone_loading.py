@@ -200,6 +200,8 @@ def test_missing_local_folder_is_a_user_error_naming_it(tmp_path: Path) -> None:
         build_backbone(BackboneConfig(name="x", family="bert", path=str(missing)))
     with pytest.raises(UserError, match=f"no such folder \\({Path.home()}/"):
         build_backbone(BackboneConfig(name="x", family="bert", path="~/surely/not/a/model/folder"))
+    with pytest.raises(UserError, match="backbone.path is empty"):
+        build_backbone(BackboneConfig(name="x", family="bert", path=""))
 
 
 def test_folder_that_is_not_a_model_is_a_user_error(tmp_path: Path) -> None:

@@ -275,6 +275,14 @@ def test_malformed_jsonl_is_a_user_error(tmp_path: Path) -> None:
         load_task_data(sst2_like(tmp_path), seed=0)
 
 
+def test_an_eval_split_without_labels_is_a_user_error(tmp_path: Path) -> None:
+    numbered_task(tmp_path, 10)
+    write_tsv(tmp_path / "test.tsv", ["sentence", "label"], [["hidden", -1], ["labels", -1]])
+    task = sst2_like(tmp_path, eval_splits=["test"], local_files={"train": "train", "test": "test"})
+    with pytest.raises(UserError, match=r"evaluation split 'test' has no labelled examples"):
+        load_task_data(task, seed=0)
+
+
 def test_non_positive_max_train_samples_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"task.max_train_samples=0 must be a positive number"):
         load_task_data(numbered_task(tmp_path, 10, max_train_samples=0), seed=0)
@@ -304,13 +312,20 @@ def test_hub_offline_by_environment_fails_fast_with_a_hint(monkeypatch: pytest.M
 
 
 def test_unreachable_hub_fails_fast_without_offline_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets_config = pytest.importorskip("datasets.config")
+    from huggingface_hub import constants
+
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
+    # as if the libraries were imported online: only the probe says that the hub is unreachable
+    monkeypatch.setattr(datasets_config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(loading, "_hub_reachable", lambda: False)
     start = time.perf_counter()
     with pytest.raises(UserError, match=r"cannot load stanfordnlp/imdb from the hub \(offline\?\)"):
         load_task_data(sst2_like(None, dataset="stanfordnlp/imdb", subset=None), seed=0)
-    assert time.perf_counter() - start < 10.0
+    assert time.perf_counter() - start < 10.0  # offline mode was forced: no network retries
+    assert datasets_config.HF_HUB_OFFLINE is False and constants.HF_HUB_OFFLINE is False  # restored
 
 
 def test_hub_tables_become_splits(monkeypatch: pytest.MonkeyPatch) -> None:

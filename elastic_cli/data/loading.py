@@ -38,6 +38,12 @@ def load_task_data(task: TaskConfig, seed: int) -> TaskData:
                 f"task.{field_name}={value} must be a positive number of examples, or null for all"
             )
     raw = load_splits(task)
+    for name in task.eval_splits:
+        if len(raw[name]) == 0:
+            raise UserError(
+                f"evaluation split {name!r} has no labelled examples (hidden test labels are -1 in GLUE); "
+                "choose another split in task.eval_splits"
+            )
     train, calibration = carve_calibration(
         raw[task.train_split], task.calibration_fraction, task.calibration_max_samples
     )
@@ -110,7 +116,7 @@ def read_table(path: Path) -> pd.DataFrame:
         if path.suffix == ".jsonl":
             return _read_jsonl(path)
         # GLUE TSVs are not quoted and their sentences hold quote characters: quoting must be off.
-        quoting = csv.QUOTE_MINIMAL if path.suffix == ".tsv" else csv.QUOTE_MINIMAL
+        quoting = csv.QUOTE_NONE if path.suffix == ".tsv" else csv.QUOTE_MINIMAL
         return pd.read_csv(
             path,
             sep="\t" if path.suffix == ".tsv" else ",",

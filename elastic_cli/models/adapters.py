@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import transformers
@@ -43,6 +44,9 @@ class BackboneAdapter(nn.Module, ABC):
     family: str = ""
     # model_type values of the Hugging Face configs this adapter can run
     model_types: tuple[str, ...] = ()
+    # the HF base model; typed Any because its submodules (embeddings, encoder.layer, ...) are reached
+    # by name and differ per family
+    model: Any
 
     def __init__(self, hf_model: PreTrainedModel) -> None:
         super().__init__()
@@ -64,9 +68,14 @@ class BackboneAdapter(nn.Module, ABC):
     def attention_mask_4d(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | None:
         # the HF helper builds the mask the configured attention implementation expects (boolean for
         # sdpa, additive for eager) and returns None when no position is padded, as the HF forward does
-        return create_bidirectional_mask(
+        mask = create_bidirectional_mask(
             config=self.hf_config, inputs_embeds=hidden, attention_mask=attention_mask
         )
+        if mask is not None and not isinstance(mask, torch.Tensor):  # flex attention's BlockMask
+            raise UserError(
+                f"attention {self.hf_config._attn_implementation!r} is not supported: use sdpa or eager"
+            )
+        return mask
 
     @abstractmethod
     def embed(

@@ -12,6 +12,7 @@ import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -254,8 +255,13 @@ def _attention_implementation(model_class: type[PreTrainedModel]) -> str:
     return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
 
 
+def _base_model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
+    """The class AutoModel builds for `config` (BertModel, MPNetModel, ...)."""
+    return cast(type[PreTrainedModel], MODEL_MAPPING[type(config)])
+
+
 def _model_from_config(config: PretrainedConfig) -> PreTrainedModel:
-    model_class = MODEL_MAPPING[type(config)]
+    model_class = _base_model_class(config)
     return model_class._from_config(config, attn_implementation=_attention_implementation(model_class))
 
 
@@ -271,6 +277,8 @@ def _hub_offline() -> bool:
 
 def _resolve_source(path: str) -> tuple[str, bool]:
     """(what to pass to from_pretrained, whether it is a local folder)."""
+    if not path.strip():
+        raise UserError("backbone.path is empty: set it to a local model folder or a Hugging Face hub id")
     expanded = Path(os.path.expandvars(path)).expanduser()
     if expanded.is_dir():
         return str(expanded), True
@@ -278,7 +286,8 @@ def _resolve_source(path: str) -> tuple[str, bool]:
     looks_like_folder = path.startswith(("/", "~", ".", "$")) or path.count("/") > 1 or expanded.exists()
     if looks_like_folder:
         raise UserError(
-            f"backbone.path={path!r}: no such folder ({expanded}); point it at a local model folder"
+            f"backbone.path={path!r}: no such folder ({expanded}); point it at a local model folder "
+            "(the real-model backbones read ELASTIC_MODELS, see ../shared/assets/get-models.sh)"
         )
     return path, False
 
@@ -316,8 +325,9 @@ def _load_pretrained(family: str, path: str) -> tuple[BackboneAdapter, PreTraine
             tokenizer = BertTokenizer.from_pretrained(source, local_files_only=local_only)
         else:
             config = AutoConfig.from_pretrained(source, local_files_only=local_only)
-            model_class = MODEL_MAPPING[type(config)]
-            model, info = model_class.from_pretrained(
+            model_class = _base_model_class(config)
+            # with output_loading_info, from_pretrained returns (model, info)
+            loaded: Any = model_class.from_pretrained(
                 source,
                 config=config,
                 attn_implementation=_attention_implementation(model_class),
@@ -325,11 +335,16 @@ def _load_pretrained(family: str, path: str) -> tuple[BackboneAdapter, PreTraine
                 local_files_only=local_only,
                 output_loading_info=True,
             )
-            pooler_loaded = not any(key.startswith("pooler.") for key in info["missing_keys"])
+            model, info = loaded
+            missing_keys: list[str] = info["missing_keys"]
+            pooler_loaded = not any(key.startswith("pooler.") for key in missing_keys)
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     except OSError as err:
         if is_local:
-            raise UserError(f"backbone.path={path!r}: cannot load the model in {source}: {err}") from None
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UserError(
+                f"backbone.path={path!r}: cannot load the model in {source}: {first_line}"
+            ) from None
         raise _hub_error(source, err) from None
     adapter = make_adapter(family, model.eval())
     adapter.has_pretrained_pooler = adapter.has_pretrained_pooler and pooler_loaded

@@ -20,7 +20,6 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
     device = setup_device(cfg.device)
     folder = checkpoint.checkpoint_dir(cfg)
     meta = checkpoint.read_meta(folder)  # fails early, before a run is opened, when there is none
-    tracking.ensure_reachable(tracking.resolve_uri(cfg))
     rule = exits.get_rule(cfg.method.exit.name)
 
     with tracking.stage_run(cfg, raw):

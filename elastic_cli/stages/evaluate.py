@@ -52,7 +52,6 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
         raise UserError(f"checkpoint {folder} was trained on {meta.task}, not task={cfg.task.name}")
     rule = exits.get_rule(cfg.method.exit.name)
     threshold, temperatures, source = _operating_point(cfg, checkpoint.read_calibration(folder), meta.exit_layers)
-    tracking.ensure_reachable(tracking.resolve_uri(cfg))
 
     with tracking.stage_run(cfg, raw):
         model, tokenizer, meta = checkpoint.load(folder, device)

@@ -60,7 +60,6 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
     seed_everything(cfg.seed)
     device = setup_device(cfg.device)
     method = build_method(cfg.method)
-    tracking.ensure_reachable(tracking.resolve_uri(cfg))
     folder = checkpoint.checkpoint_dir(cfg)
 
     with tracking.stage_run(cfg, raw):
