@@ -49,7 +49,14 @@ class CheckpointMeta:
 
 
 def default_dir(cfg: RootConfig) -> Path:
-    return Path(cfg.outputs) / "checkpoints" / cfg.task.name / cfg.method.name / cfg.backbone.name / f"seed{cfg.seed}"
+    return (
+        Path(cfg.outputs)
+        / "checkpoints"
+        / cfg.task.name
+        / cfg.method.name
+        / cfg.backbone.name
+        / f"seed{cfg.seed}"
+    )
 
 
 def checkpoint_dir(cfg: RootConfig) -> Path:
@@ -69,7 +76,9 @@ def _swap_in(tmp: Path, folder: Path) -> None:
         shutil.rmtree(old)
 
 
-def save(folder: Path, model: MultiExitModel, tokenizer: Any, raw_cfg: DictConfig, meta: CheckpointMeta) -> None:
+def save(
+    folder: Path, model: MultiExitModel, tokenizer: Any, raw_cfg: DictConfig, meta: CheckpointMeta
+) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
@@ -95,7 +104,9 @@ def read_meta(folder: Path) -> CheckpointMeta:
 def load(folder: Path, device: torch.device) -> tuple[MultiExitModel, Any, CheckpointMeta]:
     meta = read_meta(folder)
     adapter, tokenizer = backbone_from_folder(folder / "backbone", meta.family)
-    model = MultiExitModel(adapter, meta.exit_layers, meta.num_labels, meta.pooling, use_pretrained_pooler=False)
+    model = MultiExitModel(
+        adapter, meta.exit_layers, meta.num_labels, meta.pooling, use_pretrained_pooler=False
+    )
     load_model(model, str(folder / WEIGHTS), device=str(device))
     model.to(device).eval()
     return model, tokenizer, meta

@@ -133,3 +133,6 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # `elastic train --help | head`
+        sys.stderr.close()
+        sys.exit(0)

@@ -32,7 +32,7 @@ class TinyBackboneConfig:
 @dataclass
 class BackboneConfig:
     name: str = "???"
-    family: str = "???"  # bert | mpnet  (the adapter in elastic_cli/models/adapters/)
+    family: str = "???"  # bert | mpnet  (the adapters in elastic_cli/models/adapters.py)
     path: str = "???"  # hub id or local folder (ignored when `tiny` is set)
     tiny: TinyBackboneConfig | None = None
     pooling: str = "cls"  # cls | mean: how an exit head reads the hidden states

@@ -15,7 +15,7 @@ from elastic_cli.calibration import (
 )
 from elastic_cli.cost import EncoderDims, speedups
 from elastic_cli.errors import UserError
-from elastic_cli.exits import RULES, ExitRule, simulate
+from elastic_cli.exits import RULES, simulate
 
 MAXPROB = RULES["maxprob"]
 

@@ -37,13 +37,19 @@ def elastic(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Comple
     base = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     full_env = {**base, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "elastic_cli", *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+        [sys.executable, "-m", "elastic_cli", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
+    )
     return proc
 
 
@@ -92,9 +98,18 @@ def test_mlflow_holds_every_stage_and_the_metrics(trained: Path):
     # a learnable task: the tiny model clearly beats chance (0.5)
     assert ev["metrics.accuracy"] > 0.7
     assert ev["metrics.validation/accuracy"] == ev["metrics.accuracy"]
-    for key in ["layer_speedup", "flops_speedup", "mean_exit_layer", "latency_static_p50_ms",
-                "latency_adaptive_p50_ms", "latency_static_p90_ms", "throughput_static", "throughput_adaptive",
-                "exit_accuracy_L1", "exit_accuracy_L4"]:
+    for key in [
+        "layer_speedup",
+        "flops_speedup",
+        "mean_exit_layer",
+        "latency_static_p50_ms",
+        "latency_adaptive_p50_ms",
+        "latency_static_p90_ms",
+        "throughput_static",
+        "throughput_adaptive",
+        "exit_accuracy_L1",
+        "exit_accuracy_L4",
+    ]:
         assert f"metrics.{key}" in runs.columns and ev[f"metrics.{key}"] == ev[f"metrics.{key}"], key
     assert 1.0 <= ev["metrics.layer_speedup"] <= 4.0
     assert 1.0 <= ev["metrics.mean_exit_layer"] <= 4.0
@@ -114,7 +129,9 @@ def test_exit_histogram_and_predictions_are_logged(trained: Path):
     hist = client.get_metric_history(ev["run_id"], "exit_count")
     assert sorted(m.step for m in hist) == [1, 2, 3, 4]
     assert sum(m.value for m in hist) == 240
-    local = Path(mlflow.artifacts.download_artifacts(run_id=ev["run_id"], tracking_uri=mlflow.get_tracking_uri()))
+    local = Path(
+        mlflow.artifacts.download_artifacts(run_id=ev["run_id"], tracking_uri=mlflow.get_tracking_uri())
+    )
     names = {str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()}
     assert "validation/predictions.csv" in names and "exit_histogram.png" in names
     import pandas as pd
@@ -141,7 +158,9 @@ def test_threshold_sweep_is_one_parent_with_children(trained: Path):
     assert by_t["metrics.mean_exit_layer"].is_monotonic_increasing
     import mlflow
 
-    local = Path(mlflow.artifacts.download_artifacts(run_id=parent_id, tracking_uri=mlflow.get_tracking_uri()))
+    local = Path(
+        mlflow.artifacts.download_artifacts(run_id=parent_id, tracking_uri=mlflow.get_tracking_uri())
+    )
     assert (local / "summary.csv").is_file() and (local / "pareto.png").is_file()
     assert parents.iloc[0]["status"] == "FINISHED"
 
@@ -171,7 +190,9 @@ def test_bad_input_is_one_line_exit_2(workdir: Path, args, needles):
 
 def test_missing_checkpoint(workdir: Path):
     data = f"task.data_dir={workdir / 'data'}"
-    _one_line_error(elastic("evaluate", *TINY, data, "seed=999", cwd=workdir), "no checkpoint", "elastic train")
+    _one_line_error(
+        elastic("evaluate", *TINY, data, "seed=999", cwd=workdir), "no checkpoint", "elastic train"
+    )
 
 
 def test_hub_id_while_offline_says_use_a_local_folder(workdir: Path):
@@ -188,14 +209,18 @@ def test_unreachable_tracking_server(workdir: Path):
 
 def test_exit_layer_beyond_depth_fails_and_marks_the_run_failed(tmp_path: Path, workdir: Path):
     data = f"task.data_dir={workdir / 'data'}"
-    proc = elastic("train", *TINY, data, "method.exit_layers=[2,9]", f"outputs={tmp_path / 'out'}", cwd=workdir)
+    proc = elastic(
+        "train", *TINY, data, "method.exit_layers=[2,9]", f"outputs={tmp_path / 'out'}", cwd=workdir
+    )
     _one_line_error(proc, "beyond the backbone's 4 layers")
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["sst2"])
     assert runs["status"].tolist() == ["FAILED"]
-    assert not (tmp_path / "out" / "checkpoints").exists() or not any((tmp_path / "out" / "checkpoints").rglob("*.safetensors"))
+    assert not (tmp_path / "out" / "checkpoints").exists() or not any(
+        (tmp_path / "out" / "checkpoints").rglob("*.safetensors")
+    )
 
 
 def test_help_lists_the_stages(workdir: Path):

@@ -54,8 +54,12 @@ def test_every_group_option_composes(group, option):
 
 def test_groups_are_not_empty():
     assert "static" in options("method") and "early_exit" in options("method")
-    assert {"sst2", "mnli", "qnli", "rte", "mrpc", "qqp", "cola", "stsb", "imdb", "agnews", "snli"} <= set(options("task"))
-    assert {"minilm-l3", "minilm-l6", "mpnet-base", "tiny-bert", "tiny-mpnet", "bert-base-uncased"} <= set(options("backbone"))
+    assert {"sst2", "mnli", "qnli", "rte", "mrpc", "qqp", "cola", "stsb", "imdb", "agnews", "snli"} <= set(
+        options("task")
+    )
+    assert {"minilm-l3", "minilm-l6", "mpnet-base", "tiny-bert", "tiny-mpnet", "bert-base-uncased"} <= set(
+        options("backbone")
+    )
 
 
 def test_local_backbone_path_reads_elastic_models():

@@ -26,8 +26,12 @@ def _texts(n: int, seed: int = 0) -> list[str]:
 def _model(family: str, exit_layers=(1, 2, 3, 4)) -> tuple[MultiExitModel, object]:
     torch.manual_seed(0)
     cfg = BackboneConfig(
-        name=f"tiny-{family}", family=family, path="random",
-        tiny=TinyBackboneConfig(num_layers=4, hidden_size=32, num_heads=2, intermediate_size=64, vocab_size=200),
+        name=f"tiny-{family}",
+        family=family,
+        path="random",
+        tiny=TinyBackboneConfig(
+            num_layers=4, hidden_size=32, num_heads=2, intermediate_size=64, vocab_size=200
+        ),
         use_pretrained_pooler=False,
     )
     backbone, tok = build_backbone(cfg, train_texts=_texts(300), seed=0)
@@ -90,8 +94,15 @@ def test_threshold_one_never_exits_early_and_lowest_always_exits_first():
 
 def _meta(model) -> checkpoint.CheckpointMeta:
     return checkpoint.CheckpointMeta(
-        method="early_exit", backbone="tiny-bert", family="bert", task="sst2", seed=0,
-        exit_layers=model.exit_layers, num_labels=3, label_names=["a", "b", "c"], pooling="cls",
+        method="early_exit",
+        backbone="tiny-bert",
+        family="bert",
+        task="sst2",
+        seed=0,
+        exit_layers=model.exit_layers,
+        num_labels=3,
+        label_names=["a", "b", "c"],
+        pooling="cls",
         max_seq_length=32,
     )
 

@@ -4,6 +4,8 @@ checkpoint. The evaluation split is never looked at here."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from omegaconf import DictConfig
 from rich.table import Table
@@ -27,8 +29,14 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
         data = load_task_data(cfg.task, cfg.seed)
         enc = encode(data.calibration, tokenizer, meta.max_seq_length)
         cached = cached_logits(
-            folder, checkpoint.weights_fingerprint(folder), "calibration", model, enc, cfg,
-            int(tokenizer.pad_token_id), device,
+            folder,
+            checkpoint.weights_fingerprint(folder),
+            "calibration",
+            model,
+            enc,
+            cfg,
+            int(tokenizer.pad_token_id),
+            device,
         )
         n_exits = len(meta.exit_layers)
         labels = torch.as_tensor(cached.labels)
@@ -52,7 +60,7 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
             speedup=cfg.calibrate.speedup,
             larger_is_slower=rule.larger_is_slower,
         )
-        result = {
+        result: dict[str, Any] = {
             "rule": rule.name,
             "threshold": float(chosen["threshold"]),
             "temperatures": [float(t) for t in temperatures],
@@ -78,18 +86,26 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
                 "calibration/layer_speedup": result["layer_speedup"],
                 "calibration/flops_speedup": result["flops_speedup"],
                 "calibration/target_met": float(result["target_met"]),
-                **{f"calibration/temperature_L{layer}": float(t) for layer, t in zip(meta.exit_layers, temperatures)},
-                **{f"calibration/exit_accuracy_L{layer}": float(a) for layer, a in zip(meta.exit_layers, accs)},
+                **{
+                    f"calibration/temperature_L{layer}": float(t)
+                    for layer, t in zip(meta.exit_layers, temperatures)
+                },
+                **{
+                    f"calibration/exit_accuracy_L{layer}": float(a)
+                    for layer, a in zip(meta.exit_layers, accs)
+                },
             }
         )
         tracking.log_dict(result, "calibration.json")
         tracking.log_dataframe(curve, "calibration_curve.csv")
         tracking.log_figure(
-            plots.pareto_figure(curve, "layer_speedup", "accuracy", "threshold", "calibration split: threshold curve"),
+            plots.pareto_figure(
+                curve, "layer_speedup", "accuracy", "threshold", "calibration split: threshold curve"
+            ),
             "calibration_curve.png",
         )
         _print(result, meta.exit_layers, accs)
-        return result["accuracy"]
+        return float(result["accuracy"])
 
 
 def _print(result: dict, exit_layers: list[int], accs) -> None:

@@ -23,7 +23,9 @@ from elastic_cli.models.multi_exit import MultiExitModel
 from elastic_cli.stages.common import cached_logits, console, exit_accuracies, seed_everything, setup_device
 
 
-def _operating_point(cfg: RootConfig, calib: dict | None, exit_layers: list[int]) -> tuple[float, torch.Tensor | None, str]:
+def _operating_point(
+    cfg: RootConfig, calib: dict | None, exit_layers: list[int]
+) -> tuple[float, torch.Tensor | None, str]:
     """The threshold and temperatures to evaluate, and where the threshold came from."""
     temperatures = None
     if calib is not None and calib.get("exit_layers") == exit_layers:
@@ -51,7 +53,9 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
     if meta.task != cfg.task.name:
         raise UserError(f"checkpoint {folder} was trained on {meta.task}, not task={cfg.task.name}")
     rule = exits.get_rule(cfg.method.exit.name)
-    threshold, temperatures, source = _operating_point(cfg, checkpoint.read_calibration(folder), meta.exit_layers)
+    threshold, temperatures, source = _operating_point(
+        cfg, checkpoint.read_calibration(folder), meta.exit_layers
+    )
 
     with tracking.stage_run(cfg, raw):
         model, tokenizer, meta = checkpoint.load(folder, device)
@@ -73,13 +77,19 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
             if cfg.evaluate.grid:
                 tracking.log_dataframe(result["curve"], f"{split}/threshold_curve.csv")
                 tracking.log_figure(
-                    plots.pareto_figure(result["curve"], "flops_speedup", "accuracy", "threshold", f"{split}: threshold curve"),
+                    plots.pareto_figure(
+                        result["curve"], "flops_speedup", "accuracy", "threshold", f"{split}: threshold curve"
+                    ),
                     f"{split}/threshold_curve.png",
                 )
             if i == 0:
                 headline = dict(result["metrics"])
                 if cfg.evaluate.latency:
-                    headline.update(_measure_latency(cfg, model, enc, cached, rule, threshold, temperatures, pad_id, device))
+                    headline.update(
+                        _measure_latency(
+                            cfg, model, enc, cached, rule, threshold, temperatures, pad_id, device
+                        )
+                    )
                 tracking.log_metrics(headline)
                 tracking.log_exit_histogram(result["counts"], meta.exit_layers)
             _print(split, cfg, threshold, source, result, meta.exit_layers)
@@ -88,7 +98,9 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
         return float(headline.get("task_metric", float("nan")))
 
 
-def _score_split(cfg, rule, threshold, temperatures, cached, exit_layers: list[int], dims: EncoderDims) -> dict[str, Any]:
+def _score_split(
+    cfg, rule, threshold, temperatures, cached, exit_layers: list[int], dims: EncoderDims
+) -> dict[str, Any]:
     exit_idx, chosen = exits.simulate(rule, cached.logits, threshold, temperatures)
     preds = chosen.argmax(dim=-1).numpy()
     exit_idx_np = exit_idx.numpy()
@@ -158,7 +170,9 @@ def _measure_latency(
         return model.adaptive(b.input_ids, b.attention_mask, b.token_type_ids, rule, threshold, temperatures)
 
     console.print(f"timing batch-1 latency on {len(subset)} examples (static and adaptive interleaved)")
-    ms = timing.latency_per_example({"static": static, "adaptive": adaptive}, subset.tolist(), cfg.evaluate.latency_warmup)
+    ms = timing.latency_per_example(
+        {"static": static, "adaptive": adaptive}, subset.tolist(), cfg.evaluate.latency_warmup
+    )
     out: dict[str, float] = {}
     for name, values in ms.items():
         for k, v in timing.summarize_ms(values).items():
@@ -190,7 +204,9 @@ def _measure_latency(
     agree = []
     with torch.inference_mode():
         for b in chunks:
-            res = model.adaptive(b.input_ids, b.attention_mask, b.token_type_ids, rule, threshold, temperatures)
+            res = model.adaptive(
+                b.input_ids, b.attention_mask, b.token_type_ids, rule, threshold, temperatures
+            )
             sim_idx, sim_logits = exits.simulate(rule, cached.logits[b.index.cpu()], threshold, temperatures)
             agree.append(
                 (res.exit_index.cpu() == sim_idx) & (res.logits.argmax(-1).cpu() == sim_logits.argmax(-1))
@@ -199,15 +215,21 @@ def _measure_latency(
     return out
 
 
-def _print(split: str, cfg: RootConfig, threshold: float, source: str, result: dict, exit_layers: list[int]) -> None:
+def _print(
+    split: str, cfg: RootConfig, threshold: float, source: str, result: dict, exit_layers: list[int]
+) -> None:
     m = result["metrics"]
-    table = Table(title=f"{cfg.method.name} / {cfg.backbone.name} / {cfg.task.name} [{split}], {cfg.method.exit.name} threshold {threshold:.4f} ({source})")
+    table = Table(
+        title=f"{cfg.method.name} / {cfg.backbone.name} / {cfg.task.name} [{split}], {cfg.method.exit.name} threshold {threshold:.4f} ({source})"
+    )
     table.add_column("exit layer", justify="right")
     table.add_column("exit accuracy", justify="right")
     table.add_column("exited here", justify="right")
     total = max(1, sum(result["counts"]))
     for layer, count in zip(exit_layers, result["counts"]):
-        table.add_row(str(layer), f"{m[f'exit_accuracy_L{layer}']:.4f}", f"{count} ({100 * count / total:.1f}%)")
+        table.add_row(
+            str(layer), f"{m[f'exit_accuracy_L{layer}']:.4f}", f"{count} ({100 * count / total:.1f}%)"
+        )
     console.print(table)
     console.print(
         f"{main_metric(cfg.task.metric)} {m['task_metric']:.4f} | mean exit layer {m['mean_exit_layer']:.2f} | "

@@ -29,24 +29,23 @@ from elastic_cli.stages.common import (
 
 
 def _optimizer(model: MultiExitModel, cfg: RootConfig) -> torch.optim.Optimizer:
-    # no weight decay on biases and LayerNorm weights, as BERT fine-tuning does
-    decay, no_decay, head_decay, head_no_decay = [], [], [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        is_head = name.startswith("heads.")
-        flat = p.ndim < 2
-        bucket = (head_no_decay if flat else head_decay) if is_head else (no_decay if flat else decay)
-        bucket.append(p)
+    """AdamW; no weight decay on biases and LayerNorm weights (as BERT fine-tuning does); the exit
+    heads may have their own lr (`train.head_lr`)."""
     t = cfg.train
-    head_lr = t.head_lr or t.lr
-    groups = [
-        {"params": decay, "weight_decay": t.weight_decay, "lr": t.lr},
-        {"params": no_decay, "weight_decay": 0.0, "lr": t.lr},
-        {"params": head_decay, "weight_decay": t.weight_decay, "lr": head_lr},
-        {"params": head_no_decay, "weight_decay": 0.0, "lr": head_lr},
-    ]
-    return torch.optim.AdamW([g for g in groups if g["params"]])
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((name.startswith("heads."), p.ndim >= 2), []).append(p)
+    return torch.optim.AdamW(
+        [
+            {
+                "params": params,
+                "lr": (t.head_lr or t.lr) if is_head else t.lr,
+                "weight_decay": t.weight_decay if decays else 0.0,
+            }
+            for (is_head, decays), params in groups.items()
+        ]
+    )
 
 
 def _total_steps(cfg: RootConfig, steps_per_epoch: int) -> int:
@@ -126,7 +125,9 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
         return float(best["accs"].mean())
 
 
-def _fit(cfg, model, method, enc_train: Encoded, enc_cal: Encoded, optimizer, schedule, total, pad_id, device):
+def _fit(
+    cfg, model, method, enc_train: Encoded, enc_cal: Encoded, optimizer, schedule, total, pad_id, device
+):
     best: dict = {"mean": -1.0}
     step, epoch = 0, 0
     with progress() as bar:
@@ -147,7 +148,9 @@ def _fit(cfg, model, method, enc_train: Encoded, enc_cal: Encoded, optimizer, sc
                 step += 1
                 bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {loss.item():.4f}")
                 if step % cfg.train.log_every == 0 or step == total:
-                    tracking.log_metrics({"train/loss": loss.item(), "train/lr": schedule.get_last_lr()[0]}, step)
+                    tracking.log_metrics(
+                        {"train/loss": loss.item(), "train/lr": schedule.get_last_lr()[0]}, step
+                    )
                 if step >= total:
                     break
             epoch += 1
@@ -155,7 +158,9 @@ def _fit(cfg, model, method, enc_train: Encoded, enc_cal: Encoded, optimizer, sc
                 all_exit_logits(model, enc_cal, cfg.device.eval_batch_size, pad_id, device, "calibration"),
                 enc_cal.labels,
             )
-            metrics = {f"calibration/exit_accuracy_L{layer}": float(a) for layer, a in zip(model.exit_layers, accs)}
+            metrics = {
+                f"calibration/exit_accuracy_L{layer}": float(a) for layer, a in zip(model.exit_layers, accs)
+            }
             metrics["calibration/mean_exit_accuracy"] = float(accs.mean())
             tracking.log_metrics(metrics, step)
             bar.update(task, info=f"epoch {epoch} mean exit acc {accs.mean():.4f}")
