@@ -154,7 +154,7 @@ def register_configs() -> None:
 
 
 KNOWN = {
-    "backbone.family": ("bert", "mpnet"),
+    "backbone.family": ("bert", "mpnet", "albert", "deberta", "distilbert"),
     "backbone.pooling": ("cls", "mean"),
     "method.objective": ("final_only", "sum"),
     "task.metric": ("accuracy", "f1", "matthews", "pearson_spearman"),
