@@ -1,4 +1,5 @@
-"""The adapters' layer loop reproduces the Hugging Face forward, and `select` compacts exactly."""
+"""The adapters' layer loop reproduces the Hugging Face forward, `select` compacts exactly, and the
+early-exit path built on them agrees with the exit rule applied to cached logits."""
 
 from __future__ import annotations
 
@@ -6,18 +7,30 @@ import pytest
 import torch
 from tiny_models import ATTENTION_OF_KIND, FAMILY_OF_KIND, pad_id_of, padded_batch, tiny_hf_model
 
+from elastic_cli import exits
 from elastic_cli.errors import UserError
 from elastic_cli.models.adapters import BackboneAdapter, EncoderState, make_adapter
+from elastic_cli.models.multi_exit import MultiExitModel
 
 CASES = [(kind, attn) for kind, impls in ATTENTION_OF_KIND.items() for attn in impls]
 LENGTHS = [9, 4, 7, 2]  # different lengths: every row but the first is padded
 
 
-def run_all_layers(adapter: BackboneAdapter, input_ids, attention_mask) -> list[EncoderState]:
-    states = [adapter.embed(input_ids, attention_mask)]
+def run_all_layers(
+    adapter: BackboneAdapter, input_ids, attention_mask, token_type_ids=None
+) -> list[EncoderState]:
+    states = [adapter.embed(input_ids, attention_mask, token_type_ids)]
     for i in range(adapter.num_layers):
         states.append(adapter.layer(i, states[-1]))
     return states
+
+
+def segment_ids(model, attention_mask: torch.Tensor) -> torch.Tensor | None:
+    """Token types 0 then 1 (a pair) for models with segment embeddings, else None."""
+    if getattr(model.config, "type_vocab_size", 0) < 2:
+        return None
+    second_half = torch.arange(attention_mask.shape[1]) >= attention_mask.shape[1] // 2
+    return (second_half.long() * attention_mask).expand_as(attention_mask).contiguous()
 
 
 @pytest.mark.parametrize(("kind", "attn"), CASES)
@@ -26,11 +39,15 @@ def test_layer_loop_matches_hf_forward_at_every_layer(kind: str, attn: str) -> N
     model = tiny_hf_model(kind, attn)
     adapter = make_adapter(FAMILY_OF_KIND[kind], model)
     input_ids, attention_mask = padded_batch(LENGTHS, pad_id_of(model))
+    token_type_ids = segment_ids(model, attention_mask)
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if token_type_ids is not None:
+        inputs["token_type_ids"] = token_type_ids
 
-    reference = model(
-        input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
-    ).hidden_states
-    states = run_all_layers(adapter, input_ids, attention_mask)
+    reference = model(**inputs, output_hidden_states=True).hidden_states
+    # ALBERT records every inner layer of a group: one adapter layer is `inner_group_num` of them
+    reference = reference[:: getattr(model.config, "inner_group_num", 1)]
+    states = run_all_layers(adapter, input_ids, attention_mask, token_type_ids)
 
     assert len(reference) == len(states) == model.config.num_hidden_layers + 1
     real = attention_mask.bool()
@@ -53,6 +70,9 @@ def test_select_compacts_and_trims_like_running_the_rows_alone(kind: str, attn: 
     assert state.attention_mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
     if "position_bias" in state.extras:
         assert state.extras["position_bias"].shape == (2, adapter.num_heads, 4, 4)
+    if "relative_pos" in state.extras:
+        assert state.extras["relative_pos"].shape == (1, 4, 4)
+        assert state.extras["mask"].shape == (2, 1, 4, 4)
     for i in range(1, adapter.num_layers):
         state = adapter.layer(i, state)
 
@@ -95,8 +115,92 @@ def test_dimensions_and_pooler() -> None:
     assert make_adapter("mpnet", tiny_hf_model("mpnet", "eager")).pretrained_pooler() is not None
 
 
+@torch.no_grad()
+def test_albert_pooler_is_the_pretrained_linear_in_bert_pooler_shape() -> None:
+    model = tiny_hf_model("albert", num_layers=2)
+    adapter = make_adapter("albert", model)
+    pooler = adapter.pretrained_pooler()
+    assert pooler is not None and pooler.dense is model.pooler  # what exit heads copy
+    input_ids, attention_mask = padded_batch([5, 3], pad_id_of(model))
+    output = model(input_ids=input_ids, attention_mask=attention_mask)
+    torch.testing.assert_close(pooler(output.last_hidden_state), output.pooler_output, atol=0, rtol=0)
+    # the wrapper adds no weights: the pooler appears once in the state dict
+    assert set(adapter.state_dict()) == {f"model.{key}" for key in model.state_dict()}
+
+
+def test_dimensions_of_the_new_families() -> None:
+    albert = make_adapter("albert", tiny_hf_model("albert-groups", num_layers=3))
+    assert (albert.num_layers, albert.hidden_size, albert.intermediate_size, albert.num_heads) == (
+        3,
+        32,
+        64,
+        4,
+    )
+    # 3 layers over 2 groups: int(i / 1.5) gives groups 0, 0, 1, as AlbertTransformer computes
+    assert [albert.group_of_layer(i) for i in range(3)] == [0, 0, 1]
+    distil = make_adapter("distilbert", tiny_hf_model("distilbert", num_layers=2))
+    assert (distil.num_layers, distil.hidden_size, distil.intermediate_size, distil.num_heads) == (
+        2,
+        32,
+        64,
+        4,
+    )
+    assert distil.pretrained_pooler() is None
+    deberta = make_adapter("deberta", tiny_hf_model("deberta", "eager", num_layers=2))
+    assert (deberta.num_layers, deberta.hidden_size, deberta.intermediate_size, deberta.num_heads) == (
+        2,
+        32,
+        64,
+        4,
+    )
+    assert deberta.pretrained_pooler() is None  # ContextPooler lives in the classification model only
+
+
+@pytest.mark.parametrize("kind", ["deberta", "deberta-v2"])
+@torch.no_grad()
+def test_deberta_unpadded_batch_matches_hf(kind: str) -> None:
+    # no attention_mask at all: HF builds an all-ones mask, the adapter must do the same
+    model = tiny_hf_model(kind, "eager")
+    adapter = make_adapter("deberta", model)
+    input_ids, _ = padded_batch([6, 6], pad_id_of(model))
+    reference = model(input_ids=input_ids).last_hidden_state
+    torch.testing.assert_close(
+        run_all_layers(adapter, input_ids, None)[-1].hidden, reference, atol=1e-5, rtol=0
+    )
+
+
 def test_wrong_family_for_the_model_is_a_user_error() -> None:
     with pytest.raises(UserError, match="backbone.family=mpnet cannot run a 'bert' model"):
         make_adapter("mpnet", tiny_hf_model("bert"))
-    with pytest.raises(UserError, match="backbone.family='albert' is not one of"):
-        make_adapter("albert", tiny_hf_model("bert"))
+    with pytest.raises(UserError, match="backbone.family=deberta cannot run a 'albert' model"):
+        make_adapter("deberta", tiny_hf_model("albert"))
+    with pytest.raises(UserError, match="backbone.family='xlnet' is not one of"):
+        make_adapter("xlnet", tiny_hf_model("bert"))
+
+
+@pytest.mark.parametrize(("kind", "attn"), [("deberta", "eager"), ("deberta-v2", "eager"), ("albert-groups", "sdpa"),
+                                            ("distilbert", "sdpa")])  # fmt: skip
+@torch.no_grad()
+def test_adaptive_path_equals_the_rule_on_cached_logits(kind: str, attn: str) -> None:
+    # the early-exit path compacts and trims the batch (select) as examples leave: its exits and logits
+    # must be those the rule picks on the all-exits logits of the full batch
+    model = tiny_hf_model(kind, attn, num_layers=4)
+    lengths = torch.randint(2, 12, (16,), generator=torch.Generator().manual_seed(1)).tolist()
+    input_ids, attention_mask = padded_batch(lengths, pad_id_of(model))
+    token_type_ids = segment_ids(model, attention_mask)
+    torch.manual_seed(0)
+    multi_exit = MultiExitModel(make_adapter(FAMILY_OF_KIND[kind], model), [1, 2, 3, 4], num_labels=3,
+                                use_pretrained_pooler=False).eval()  # fmt: skip
+    for head in multi_exit.heads:  # random heads are near-uniform: spread their confidences so exits differ
+        head.classifier.weight.mul_(40.0)
+    rule = exits.get_rule("maxprob")
+    cached = multi_exit(input_ids, attention_mask, token_type_ids)
+
+    seen_exits: set[int] = set()
+    for threshold in [0.4, 0.6, 0.8, 0.95]:
+        expected_exit, expected_logits = exits.simulate(rule, cached, threshold)
+        out = multi_exit.adaptive(input_ids, attention_mask, token_type_ids, rule, threshold)
+        assert torch.equal(out.exit_index, expected_exit), threshold
+        torch.testing.assert_close(out.logits, expected_logits, atol=1e-4, rtol=1e-4)
+        seen_exits |= set(expected_exit.tolist())
+    assert len(seen_exits) >= 3  # early and late exits both happen, so compaction really ran

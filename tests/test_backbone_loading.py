@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from safetensors.torch import save_file
 from tiny_models import SAMPLE_TEXTS, padded_batch, tiny_backbone_config
-from transformers import BertConfig, BertModel
+from transformers import AlbertModel, BertConfig, BertModel
 
-from elastic_cli.config import BackboneConfig
+from elastic_cli.config import BackboneConfig, register_configs, to_root
 from elastic_cli.errors import UserError
 from elastic_cli.models.adapters import BackboneAdapter
 from elastic_cli.models.loading import backbone_from_folder, build_backbone, save_backbone_files
@@ -34,10 +36,21 @@ def run_encoded(adapter, batch) -> torch.Tensor:
     return final_hidden(adapter, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
 
 
+CONF = Path(__file__).resolve().parent.parent / "conf"
+FAMILIES = ["bert", "mpnet", "albert", "deberta", "distilbert"]
+# the attention implementation each family's model gets (sdpa where transformers has it)
+ATTENTION_OF_FAMILY = {
+    "bert": "sdpa",
+    "mpnet": "eager",
+    "albert": "sdpa",
+    "deberta": "eager",
+    "distilbert": "sdpa",
+}
+
 # ---------------------------------------------------------------- tiny
 
 
-@pytest.mark.parametrize("family", ["bert", "mpnet"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_tiny_backbone_has_the_configured_dims_and_a_trained_tokenizer(family: str) -> None:
     cfg = tiny_backbone_config(
         family, num_layers=3, hidden_size=32, num_heads=4, intermediate_size=48, vocab_size=150
@@ -71,15 +84,43 @@ def test_tiny_backbone_has_the_configured_dims_and_a_trained_tokenizer(family: s
     assert adapter.hf_config.max_position_embeddings == expected_positions
 
 
-def test_tiny_bert_tokenizer_encodes_pairs_with_segment_ids() -> None:
-    _, tokenizer = build_backbone(tiny_backbone_config("bert"), SAMPLE_TEXTS)
+@pytest.mark.parametrize("family", ["bert", "albert"])
+def test_tiny_tokenizer_encodes_pairs_with_segment_ids(family: str) -> None:
+    adapter, tokenizer = build_backbone(tiny_backbone_config(family), SAMPLE_TEXTS)
     batch = tokenizer(["the movie"], ["a dull film"])
     tokens = tokenizer.convert_ids_to_tokens(batch["input_ids"][0])
     assert tokens == ["[CLS]", "the", "movie", "[SEP]", "a", "dull", "film", "[SEP]"]
     assert batch["token_type_ids"][0] == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert adapter.hf_config.type_vocab_size == 2
 
 
-@pytest.mark.parametrize("family", ["bert", "mpnet"])
+@pytest.mark.parametrize("family", ["mpnet", "deberta", "distilbert"])
+def test_tiny_tokenizer_of_a_model_without_segments_returns_no_token_types(family: str) -> None:
+    adapter, tokenizer = build_backbone(tiny_backbone_config(family), SAMPLE_TEXTS)
+    batch = tokenizer(["the movie"], ["a dull film"])
+    assert "token_type_ids" not in batch
+    assert getattr(adapter.hf_config, "type_vocab_size", 0) == 0  # DeBERTa-v3 style: no segment embeddings
+
+
+@pytest.mark.parametrize("family", ["albert", "deberta", "distilbert"])
+def test_tiny_special_ids_match_the_real_vocabularies(family: str) -> None:
+    # pad 0 like albert-base-v2, deberta-v3-base and distilbert-base-uncased; ALBERT's bos/eos are CLS/SEP
+    adapter, tokenizer = build_backbone(tiny_backbone_config(family), SAMPLE_TEXTS)
+    assert tokenizer.pad_token_id == adapter.hf_config.pad_token_id == 0
+    if family == "albert":
+        assert (adapter.hf_config.bos_token_id, adapter.hf_config.eos_token_id) == (
+            tokenizer.cls_token_id,
+            tokenizer.sep_token_id,
+        )
+        assert adapter.hf_config.embedding_size == adapter.hidden_size // 2
+        assert adapter.pretrained_pooler() is not None  # random, but the exit heads may start from it
+    if family == "deberta":
+        config = adapter.hf_config
+        assert (config.relative_attention, config.position_buckets, config.share_att_key) == (True, 64, True)
+        assert config.pos_att_type == ["p2c", "c2p"] and not config.position_biased_input
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_tiny_backbone_is_deterministic_for_a_seed(family: str) -> None:
     cfg = tiny_backbone_config(family)
     first, first_tok = build_backbone(cfg, SAMPLE_TEXTS, seed=3)
@@ -89,11 +130,11 @@ def test_tiny_backbone_is_deterministic_for_a_seed(family: str) -> None:
     assert first_tok.get_vocab() == again_tok.get_vocab()
     same = first.state_dict()
     assert all(torch.equal(same[key], value) for key, value in again.state_dict().items())
-    assert not torch.equal(same["model.encoder.layer.0.output.dense.weight"],
-                           other.state_dict()["model.encoder.layer.0.output.dense.weight"])  # fmt: skip
+    different = [key for key, value in other.state_dict().items() if not torch.equal(same[key], value)]
+    assert any(".weight" in key and "LayerNorm" not in key for key in different)
 
 
-@pytest.mark.parametrize("family", ["bert", "mpnet"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_tiny_backbone_ignores_padding(family: str) -> None:
     # MPNet derives positions from the pad id: a padded row must equal the row run alone
     adapter, tokenizer = build_backbone(tiny_backbone_config(family), SAMPLE_TEXTS)
@@ -102,6 +143,28 @@ def test_tiny_backbone_ignores_padding(family: str) -> None:
     alone = run_encoded(adapter, encode(tokenizer, texts[1:]))
     length = alone.shape[1]
     torch.testing.assert_close(together[1, :length], alone[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["albert", "deberta", "distilbert"])
+def test_tiny_yaml_builds_a_backbone_of_its_dims(family: str) -> None:
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = to_root(compose(config_name="train", overrides=[f"backbone=tiny-{family}"])).backbone
+    GlobalHydra.instance().clear()
+    assert (cfg.family, cfg.path) == (family, "random") and cfg.tiny is not None
+    adapter, tokenizer = build_backbone(cfg, SAMPLE_TEXTS, seed=0)
+    tiny = cfg.tiny
+    assert adapter.family == family
+    assert (adapter.num_layers, adapter.hidden_size, adapter.num_heads, adapter.intermediate_size) == (
+        tiny.num_layers,
+        tiny.hidden_size,
+        tiny.num_heads,
+        tiny.intermediate_size,
+    )
+    assert len(tokenizer) <= tiny.vocab_size == adapter.hf_config.vocab_size
+    assert adapter.hf_config.max_position_embeddings == tiny.max_position_embeddings
+    assert run_encoded(adapter, encode(tokenizer, SAMPLE_TEXTS[:3])).shape[-1] == tiny.hidden_size
 
 
 def test_tiny_backbone_needs_training_texts() -> None:
@@ -121,7 +184,11 @@ def test_tiny_vocab_too_small_for_the_texts_is_a_user_error() -> None:
 # ---------------------------------------------------------------- checkpoint round trip
 
 
-@pytest.mark.parametrize("family", ["bert", "mpnet"])
+def settings(config) -> dict:
+    return {key: value for key, value in config.to_dict().items() if key != "_name_or_path"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_save_files_then_rebuild_from_folder_gives_the_same_model(
     family: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -135,10 +202,13 @@ def test_save_files_then_rebuild_from_folder_gives_the_same_model(
     assert type(rebuilt.model) is type(adapter.model)
     assert (rebuilt.num_layers, rebuilt.hidden_size, rebuilt.num_heads) == (2, 32, 2)
     assert rebuilt.hf_config._attn_implementation == adapter.hf_config._attn_implementation
+    # every architecture setting comes back, DeBERTa's extra keys (position_buckets, ...) included
+    assert settings(rebuilt.hf_config) == settings(adapter.hf_config)
 
     texts = ["the movie was wonderful", "a dull film"]
     batch = encode(tokenizer, texts)
     assert torch.equal(encode(rebuilt_tokenizer, texts)["input_ids"], batch["input_ids"])
+    assert rebuilt_tokenizer.model_input_names == tokenizer.model_input_names  # token types or not
     assert not torch.allclose(
         run_encoded(rebuilt, batch), run_encoded(adapter, batch)
     )  # random weights first
@@ -154,9 +224,8 @@ def test_rebuild_from_a_folder_without_config_is_a_user_error(tmp_path: Path) ->
 # ---------------------------------------------------------------- local folders and the hub
 
 
-def save_hf_folder(kind: str, folder: Path, with_pooler: bool = True) -> BackboneAdapter:
+def save_hf_folder(family: str, folder: Path, with_pooler: bool = True) -> BackboneAdapter:
     """A tiny HF model folder (config, weights, tokenizer) as from_pretrained expects."""
-    family = "mpnet" if kind == "mpnet" else "bert"
     adapter, tokenizer = build_backbone(tiny_backbone_config(family, num_layers=2), SAMPLE_TEXTS, seed=7)
     model = adapter.model
     if not with_pooler:
@@ -167,17 +236,18 @@ def save_hf_folder(kind: str, folder: Path, with_pooler: bool = True) -> Backbon
     return adapter
 
 
-@pytest.mark.parametrize(("family", "attn"), [("bert", "sdpa"), ("mpnet", "eager")])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_local_folder_loads_weights_tokenizer_and_attention(
-    family: str, attn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    family: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     saved = save_hf_folder(family, tmp_path)
     loaded, tokenizer = build_backbone(BackboneConfig(name="local", family=family, path=str(tmp_path)))
 
-    assert loaded.hf_config._attn_implementation == attn
+    assert loaded.hf_config._attn_implementation == ATTENTION_OF_FAMILY[family]
     assert not loaded.model.training
-    assert loaded.pretrained_pooler() is not None
+    has_pooler = family in ("bert", "mpnet", "albert")
+    assert (loaded.pretrained_pooler() is not None) == has_pooler
     batch = encode(tokenizer, ["the movie was wonderful", "boring"])
     torch.testing.assert_close(run_encoded(loaded, batch), run_encoded(saved, batch), atol=1e-6, rtol=0)
 
@@ -185,6 +255,14 @@ def test_local_folder_loads_weights_tokenizer_and_attention(
 def test_checkpoint_without_pooler_reports_no_pretrained_pooler(tmp_path: Path) -> None:
     save_hf_folder("bert", tmp_path, with_pooler=False)
     loaded, _ = build_backbone(BackboneConfig(name="local", family="bert", path=str(tmp_path)))
+    assert loaded.pretrained_pooler() is None
+
+
+def test_albert_checkpoint_without_pooler_reports_no_pretrained_pooler(tmp_path: Path) -> None:
+    adapter, tokenizer = build_backbone(tiny_backbone_config("albert", num_layers=2), SAMPLE_TEXTS)
+    AlbertModel(adapter.hf_config, add_pooling_layer=False).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded, _ = build_backbone(BackboneConfig(name="local", family="albert", path=str(tmp_path)))
     assert loaded.pretrained_pooler() is None
 
 

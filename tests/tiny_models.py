@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import torch
 from transformers import (
+    AlbertConfig,
+    AlbertModel,
     BertConfig,
     BertModel,
+    DebertaV2Config,
+    DebertaV2Model,
+    DistilBertConfig,
+    DistilBertModel,
     ElectraConfig,
     ElectraModel,
     MPNetConfig,
@@ -32,11 +38,15 @@ SAMPLE_TEXTS = [
     "boring boring boring",
 ]
 
-# which adapter family runs each HF architecture
-FAMILY_OF_KIND = {"bert": "bert", "roberta": "bert", "electra": "bert", "mpnet": "mpnet"}
-# attention implementations each architecture offers in transformers 5 (MPNet has eager only)
+# which adapter family runs each kind of tiny model (see tiny_hf_model for what each kind exercises)
+FAMILY_OF_KIND = {"bert": "bert", "roberta": "bert", "electra": "bert", "mpnet": "mpnet",
+                  "albert": "albert", "albert-groups": "albert", "deberta": "deberta",
+                  "deberta-v2": "deberta", "distilbert": "distilbert"}  # fmt: skip
+# attention implementations each architecture offers in transformers 5 (MPNet and DeBERTa: eager only)
 ATTENTION_OF_KIND = {"bert": ("sdpa", "eager"), "roberta": ("sdpa", "eager"), "electra": ("sdpa", "eager"),
-                     "mpnet": ("eager",)}  # fmt: skip
+                     "mpnet": ("eager",), "albert": ("sdpa", "eager"), "albert-groups": ("sdpa",),
+                     "deberta": ("eager",), "deberta-v2": ("eager",),
+                     "distilbert": ("sdpa", "eager")}  # fmt: skip
 # token ids tests may use for real tokens: above every special id of every kind
 FIRST_PLAIN_ID = 5
 
@@ -49,10 +59,15 @@ def tiny_hf_model(
     vocab_size: int = 100,
     seed: int = 0,
 ) -> PreTrainedModel:
-    """A random `kind` base model (bert | roberta | electra | mpnet) in eval mode.
+    """A random `kind` base model (a key of FAMILY_OF_KIND) in eval mode.
 
-    ELECTRA gets embedding_size = hidden_size / 2 so that its embeddings_project is exercised;
-    RoBERTa and MPNet pad with id 1, the others with id 0.
+    ELECTRA and ALBERT get embedding_size = hidden_size / 2 so that their projection is exercised;
+    RoBERTa and MPNet pad with id 1, the others with id 0. `albert` shares one layer group across
+    all layers, `albert-groups` has 2 groups of 2 layers each. `deberta` is configured like DeBERTa-v3 (log-bucketed
+    relative positions, shared attention keys, layer-normed relative embeddings, no absolute positions
+    nor token types) with only 4 buckets so that bucketing acts on short inputs; `deberta-v2` like
+    DeBERTa-v2 (a convolution in layer 0, separate position projections) with max_relative_positions 6
+    so that relative distances are clamped, plus absolute positions, token types and embed_proj.
     """
     dims = {
         "vocab_size": vocab_size,
@@ -70,6 +85,63 @@ def tiny_hf_model(
             ElectraConfig(**dims, embedding_size=hidden_size // 2, pad_token_id=0),
         ),
         "mpnet": lambda: (MPNetModel, MPNetConfig(**dims, pad_token_id=1)),
+        "albert": lambda: (
+            AlbertModel,
+            AlbertConfig(**dims, embedding_size=hidden_size // 2, num_hidden_groups=1, pad_token_id=0),
+        ),
+        "albert-groups": lambda: (
+            AlbertModel,
+            AlbertConfig(
+                **dims,
+                embedding_size=hidden_size // 2,
+                num_hidden_groups=2,
+                inner_group_num=2,
+                pad_token_id=0,
+            ),
+        ),
+        "deberta": lambda: (
+            DebertaV2Model,
+            DebertaV2Config(
+                **dims,
+                pad_token_id=0,
+                type_vocab_size=0,
+                relative_attention=True,
+                position_buckets=4,
+                max_relative_positions=-1,
+                pos_att_type="p2c|c2p",
+                share_att_key=True,
+                norm_rel_ebd="layer_norm",
+                position_biased_input=False,
+            ),
+        ),
+        "deberta-v2": lambda: (
+            DebertaV2Model,
+            DebertaV2Config(
+                **dims,
+                pad_token_id=0,
+                type_vocab_size=2,
+                embedding_size=hidden_size // 2,
+                relative_attention=True,
+                max_relative_positions=6,
+                pos_att_type=["p2c", "c2p"],
+                share_att_key=False,
+                conv_kernel_size=3,
+                conv_act="gelu",
+                position_biased_input=True,
+            ),
+        ),
+        "distilbert": lambda: (
+            DistilBertModel,
+            DistilBertConfig(
+                vocab_size=vocab_size,
+                dim=hidden_size,
+                n_layers=num_layers,
+                n_heads=4,
+                hidden_dim=2 * hidden_size,
+                max_position_embeddings=64,
+                pad_token_id=0,
+            ),
+        ),
     }
     model_class, config = configs[kind]()
     with torch.random.fork_rng(devices=[]):

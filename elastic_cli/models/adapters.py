@@ -4,6 +4,9 @@ The multi-exit model runs the encoder one layer at a time so that it can read ev
 hidden states and, on the adaptive path, drop the examples that have exited (`select`). Each
 adapter calls the Hugging Face modules themselves (embeddings, layers, the mask helper), so its
 layer loop gives the same hidden states as the model's own forward.
+
+Families: bert (BERT, RoBERTa, ELECTRA, MiniLM, ElasticBERT), mpnet, albert, deberta (v2 and v3),
+distilbert.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ class EncoderState:
 
     hidden: torch.Tensor  # [B, T, H]
     attention_mask: torch.Tensor  # [B, T], 1 = real token, long
-    # batch-first tensors every layer needs: "mask" (the 4D mask in the model's attention format, or None
-    # when nothing is padded) and, for MPNet, "position_bias" [B, heads, T, T]
+    # tensors every layer needs: "mask" (the 4D mask in the model's attention format, or None when
+    # nothing is padded; DeBERTa always has one), for MPNet "position_bias" [B, heads, T, T], for
+    # DeBERTa "relative_pos" [1, T, T] and "rel_embeddings" [2 * span, H] (shared by every row)
     extras: dict[str, torch.Tensor | None] = field(default_factory=dict)
 
 
@@ -60,10 +64,14 @@ class BackboneAdapter(nn.Module, ABC):
         self.hf_config: transformers.PretrainedConfig = config
         self.num_layers: int = config.num_hidden_layers
         self.hidden_size: int = config.hidden_size
-        self.intermediate_size: int = config.intermediate_size
+        self.intermediate_size: int = self._intermediate_size(config)
         self.num_heads: int = config.num_attention_heads
         # the loader clears it when the checkpoint had no pooler weights (the pooler is then random)
         self.has_pretrained_pooler: bool = getattr(hf_model, "pooler", None) is not None
+
+    @staticmethod
+    def _intermediate_size(config: transformers.PretrainedConfig) -> int:
+        return int(config.intermediate_size)
 
     def attention_mask_4d(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | None:
         # the HF helper builds the mask the configured attention implementation expects (boolean for
@@ -181,11 +189,146 @@ class MPNetAdapter(BackboneAdapter):
         return {"position_bias": bias[:, :, :length, :length].index_select(0, rows)}
 
 
-ADAPTERS: dict[str, type[BackboneAdapter]] = {"bert": BertAdapter, "mpnet": MPNetAdapter}
+class DensePooler(nn.Module):
+    """A pooler given as a bare Linear (ALBERT's `pooler`, applied with tanh) in BertPooler's shape:
+    `.dense` (what exit heads copy) and tanh(dense(first token))."""
+
+    def __init__(self, dense: nn.Linear) -> None:
+        super().__init__()
+        self.dense = dense
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))
+
+
+class AlbertAdapter(BackboneAdapter):
+    """ALBERT: narrow embeddings projected to the hidden size, then `num_hidden_layers` applications of
+    shared layer groups; application i runs group int(i / (num_hidden_layers / num_hidden_groups))."""
+
+    family = "albert"
+    model_types = ("albert",)
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> EncoderState:
+        padding_mask = self._padding_mask(input_ids, attention_mask)
+        embedded = self.model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        # the projection opens AlbertTransformer.forward; HF's hidden_states[0] is taken after it
+        hidden = self.model.encoder.embedding_hidden_mapping_in(embedded)
+        return EncoderState(hidden, padding_mask, {"mask": self.attention_mask_4d(hidden, padding_mask)})
+
+    def group_of_layer(self, i: int) -> int:
+        # the float expression of AlbertTransformer.forward, kept as is so that rounding agrees
+        config = self.hf_config
+        return int(i / (config.num_hidden_layers / config.num_hidden_groups))
+
+    def layer(self, i: int, state: EncoderState) -> EncoderState:
+        group = self.model.encoder.albert_layer_groups[self.group_of_layer(i)]
+        hidden = group(state.hidden, state.extras["mask"])
+        return EncoderState(hidden, state.attention_mask, state.extras)
+
+    def pretrained_pooler(self) -> nn.Module | None:
+        # built on each call rather than registered, so the pooler weights appear once in state_dict
+        return DensePooler(self.model.pooler) if self.has_pretrained_pooler else None
+
+
+class DistilBertAdapter(BackboneAdapter):
+    """DistilBERT: word + position embeddings (no token types), `transformer.layer[i]`, no pooler."""
+
+    family = "distilbert"
+    model_types = ("distilbert",)
+
+    @staticmethod
+    def _intermediate_size(config: transformers.PretrainedConfig) -> int:
+        return int(config.hidden_dim)  # DistilBertConfig's name for the feed-forward width
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> EncoderState:
+        # DistilBERT has no segment embeddings: token_type_ids are ignored, as DistilBertModel does
+        padding_mask = self._padding_mask(input_ids, attention_mask)
+        hidden = self.model.embeddings(input_ids)
+        return EncoderState(hidden, padding_mask, {"mask": self.attention_mask_4d(hidden, padding_mask)})
+
+    def layer(self, i: int, state: EncoderState) -> EncoderState:
+        hidden = self.model.transformer.layer[i](state.hidden, state.extras["mask"])
+        return EncoderState(hidden, state.attention_mask, state.extras)
+
+
+class DebertaAdapter(BackboneAdapter):
+    """DeBERTa-v2 and v3 (DebertaV2Model): disentangled attention over relative positions.
+
+    Per batch, as DebertaV2Encoder.forward does once: the [B, 1, T, T] mask (outer product of the padding
+    mask, DeBERTa's own format, whatever the attention setting), the relative positions [1, T, T] and
+    the (layer-normed) relative embeddings; v2 configs with conv_kernel_size add a convolution over the
+    embeddings to the output of layer 0.
+    """
+
+    family = "deberta"
+    model_types = ("deberta-v2",)
+
+    def attention_mask_4d(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | None:
+        return self.model.encoder.get_attention_mask(attention_mask)
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> EncoderState:
+        padding_mask = self._padding_mask(input_ids, attention_mask)
+        # the embeddings zero the padded positions (mask=), which the v2 convolution relies on
+        hidden = self.model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, mask=padding_mask)
+        encoder = self.model.encoder
+        extras: dict[str, torch.Tensor | None] = {
+            "mask": self.attention_mask_4d(hidden, padding_mask),
+            "relative_pos": encoder.get_rel_pos(hidden),  # None without relative attention
+            "rel_embeddings": encoder.get_rel_embedding(),
+        }
+        return EncoderState(hidden, padding_mask, extras)
+
+    def layer(self, i: int, state: EncoderState) -> EncoderState:
+        output, _ = self.model.encoder.layer[i](
+            state.hidden,
+            state.extras["mask"],
+            relative_pos=state.extras["relative_pos"],
+            rel_embeddings=state.extras["rel_embeddings"],
+        )
+        conv = self.model.encoder.conv
+        if i == 0 and conv is not None:
+            # DebertaV2Encoder: the convolution reads the encoder's input (the embeddings) and the mask
+            output = conv(state.hidden, output, state.attention_mask)
+        return EncoderState(output, state.attention_mask, state.extras)
+
+    def _select_extras(
+        self, extras: dict[str, torch.Tensor | None], rows: torch.Tensor, length: int
+    ) -> dict[str, torch.Tensor | None]:
+        relative_pos = extras["relative_pos"]
+        # relative positions are (bucketed) q - k over column indices: the top-left block of the wider
+        # matrix is the matrix of the shorter sequence
+        return {
+            "relative_pos": None if relative_pos is None else relative_pos[:, :length, :length],
+            "rel_embeddings": extras["rel_embeddings"],
+        }
+
+
+ADAPTERS: dict[str, type[BackboneAdapter]] = {
+    "bert": BertAdapter,
+    "mpnet": MPNetAdapter,
+    "albert": AlbertAdapter,
+    "deberta": DebertaAdapter,
+    "distilbert": DistilBertAdapter,
+}
 
 
 def make_adapter(family: str, hf_model: PreTrainedModel) -> BackboneAdapter:
-    """The adapter of `family` around an HF base model (BertModel, RobertaModel, MPNetModel, ...)."""
+    """The adapter of `family` around an HF base model (BertModel, MPNetModel, AlbertModel, ...)."""
     if family not in ADAPTERS:
         raise UserError(f"backbone.family={family!r} is not one of {', '.join(ADAPTERS)}")
     return ADAPTERS[family](hf_model)

@@ -17,11 +17,14 @@ from typing import Any, cast
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import (
+    AlbertConfig,
     AutoConfig,
     AutoTokenizer,
     BertConfig,
     BertModel,
     BertTokenizer,
+    DebertaV2Config,
+    DistilBertConfig,
     MPNetConfig,
     PretrainedConfig,
     PreTrainedModel,
@@ -43,11 +46,19 @@ HUB_HINT = (
 
 # Special tokens of the tiny WordPiece tokenizers, in id order. MPNet's embeddings take padding_idx=1
 # as fixed (positions count from it), so its tiny vocabulary puts [PAD] at 1, as the real MPNet
-# vocabulary does (<s>=0 <pad>=1 </s>=2 <unk>=3).
+# vocabulary does (<s>=0 <pad>=1 </s>=2 <unk>=3). The others pad with 0, as their real vocabularies
+# do (ALBERT <pad>=0 <unk>=1 [CLS]=2 [SEP]=3 [MASK]=4; DeBERTa-v3 [PAD]=0; DistilBERT is BERT's).
+_BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 TINY_SPECIAL_TOKENS = {
-    "bert": ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+    "bert": _BERT_SPECIALS,
     "mpnet": ["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"],
+    "albert": _BERT_SPECIALS,
+    "deberta": _BERT_SPECIALS,
+    "distilbert": _BERT_SPECIALS,
 }
+# families whose tiny model has segment (token type) embeddings: their tokenizer returns token_type_ids.
+# MPNet and DistilBERT have none; the tiny DeBERTa is configured like v3, with type_vocab_size 0.
+TINY_SEGMENT_FAMILIES = ("bert", "albert")
 # MPNet and RoBERTa-style positions start at padding_idx + 1: a sequence of T tokens needs T + 2 rows
 MPNET_POSITION_OFFSET = 2
 
@@ -101,8 +112,8 @@ def train_wordpiece_tokenizer(
 ) -> PreTrainedTokenizerFast:
     """A lowercasing BERT-style WordPiece tokenizer whose vocabulary is learned from `texts`.
 
-    Pairs get token_type_ids 1 on the second segment (family bert). The same texts always give the
-    same vocabulary and ids.
+    Pairs get token_type_ids 1 on the second segment (families with segment embeddings). The same
+    texts always give the same vocabulary and ids.
     """
     special = TINY_SPECIAL_TOKENS[family]
     normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -122,9 +133,9 @@ def train_wordpiece_tokenizer(
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
     tokenizer.decoder = decoders.WordPiece()
-    # MPNet has no segment embeddings: its tokenizer returns no token_type_ids, like the real one
+    # no segment embeddings (MPNet, DistilBERT, the tiny DeBERTa): no token_type_ids
     input_names = ["input_ids", "attention_mask"]
-    if family == "bert":
+    if family in TINY_SEGMENT_FAMILIES:
         input_names.insert(1, "token_type_ids")
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
@@ -223,14 +234,51 @@ def tiny_config(
         "intermediate_size": tiny.intermediate_size,
         "pad_token_id": tokenizer.pad_token_id,
     }
+    positions = tiny.max_position_embeddings
     if family == "mpnet":
         return MPNetConfig(
             **dims,
-            max_position_embeddings=tiny.max_position_embeddings + MPNET_POSITION_OFFSET,
+            max_position_embeddings=positions + MPNET_POSITION_OFFSET,
             bos_token_id=tokenizer.cls_token_id,
             eos_token_id=tokenizer.sep_token_id,
         )
-    return BertConfig(**dims, max_position_embeddings=tiny.max_position_embeddings, type_vocab_size=2)
+    if family == "albert":
+        # shaped like albert-base-v2: one shared layer group, embeddings narrower than the hidden size
+        return AlbertConfig(
+            **dims,
+            embedding_size=max(1, tiny.hidden_size // 2),
+            num_hidden_groups=1,
+            inner_group_num=1,
+            max_position_embeddings=positions,
+            type_vocab_size=2,
+            bos_token_id=tokenizer.cls_token_id,
+            eos_token_id=tokenizer.sep_token_id,
+        )
+    if family == "deberta":
+        # shaped like deberta-v3-base (which has 256 buckets for 512 positions)
+        return DebertaV2Config(
+            **dims,
+            max_position_embeddings=positions,
+            relative_attention=True,
+            position_buckets=max(1, positions // 2),
+            max_relative_positions=-1,
+            pos_att_type=["p2c", "c2p"],
+            share_att_key=True,
+            norm_rel_ebd="layer_norm",
+            position_biased_input=False,
+            type_vocab_size=0,
+        )
+    if family == "distilbert":
+        return DistilBertConfig(
+            vocab_size=tiny.vocab_size,
+            dim=tiny.hidden_size,
+            n_layers=tiny.num_layers,
+            n_heads=tiny.num_heads,
+            hidden_dim=tiny.intermediate_size,
+            max_position_embeddings=positions,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return BertConfig(**dims, max_position_embeddings=positions, type_vocab_size=2)
 
 
 def _build_tiny(
@@ -251,7 +299,8 @@ def _build_tiny(
 
 
 def _attention_implementation(model_class: type[PreTrainedModel]) -> str:
-    # sdpa where the architecture has it; MPNet's attention is written out in eager form only
+    # sdpa where the architecture has it (BERT, ALBERT, DistilBERT); MPNet's and DeBERTa's attention is
+    # written out in eager form only
     return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
 
 
