@@ -22,7 +22,8 @@ from scipy.optimize import minimize_scalar
 from elastic_cli import exits
 from elastic_cli.cost import EncoderDims, example_flops, static_flops
 from elastic_cli.errors import UserError
-from elastic_cli.exits import ExitRule
+from elastic_cli.exits import ExitRule, ExitSignals
+from elastic_cli.metrics import pearson
 
 # T is searched in [1/100, 100]: far outside what a trained classifier needs, and it keeps the fit finite
 # when the NLL keeps falling (perfectly separated calibration data)
@@ -71,11 +72,11 @@ def fit_temperatures(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 
 def exit_indices(
-    rule: ExitRule, logits: torch.Tensor, thresholds: Sequence[float], temperatures: torch.Tensor | None
+    rule: ExitRule, signals: ExitSignals, thresholds: Sequence[float], temperatures: torch.Tensor | None
 ) -> torch.Tensor:
     """Exit index of every example at every threshold, [T, N], exactly as `exits.simulate` would give."""
-    scaled = exits.scale(logits.float(), temperatures)  # once, not once per threshold
-    n, e = scaled.shape[:2]
+    scaled = signals.float().scaled(temperatures)  # once, not once per threshold
+    n, e = scaled.logits.shape[:2]
     values = [float(t) for t in thresholds]
     if not values:
         return torch.empty(0, n, dtype=torch.long)
@@ -84,7 +85,7 @@ def exit_indices(
     chunk = max(1, _MAX_DECISIONS // max(1, n * e))
     parts = []
     for start in range(0, len(values), chunk):
-        block = torch.tensor(values[start : start + chunk], dtype=scaled.dtype).view(-1, 1, 1)
+        block = torch.tensor(values[start : start + chunk], dtype=scaled.logits.dtype).view(-1, 1, 1)
         fired = rule.decide(scaled, block).reshape(-1, e)
         parts.append(exits.first_exit(fired).long().view(-1, n))
     return torch.cat(parts)
@@ -92,7 +93,7 @@ def exit_indices(
 
 def threshold_curve(
     rule: ExitRule,
-    logits: torch.Tensor,
+    signals: ExitSignals,
     labels: np.ndarray,
     exit_layers: Sequence[int],
     thresholds: Sequence[float],
@@ -100,12 +101,14 @@ def threshold_curve(
     n_tokens: np.ndarray | None = None,
     dims: EncoderDims | None = None,
 ) -> pd.DataFrame:
-    """One row per threshold: accuracy, mean exit layer, speed-ups and the fraction exiting at each exit.
+    """One row per threshold: score (accuracy; Pearson's r for a regression), mean exit layer, speed-ups
+    and the fraction exiting at each exit.
 
     exit_layers[e] is the 1-indexed layer of exit e: an example leaving at exit e ran exit_layers[e]
     layers and evaluated e + 1 heads. flops_speedup (and gflops_per_example) need n_tokens and dims.
     """
-    n, e, _ = logits.shape
+    logits = signals.logits
+    n, e, c = logits.shape
     layers = torch.as_tensor(list(exit_layers), dtype=torch.long)
     if layers.shape != (e,):
         raise ValueError(f"exit_layers has {layers.numel()} entries for {e} exits")
@@ -120,10 +123,15 @@ def threshold_curve(
         raise ValueError("threshold_curve needs at least one example")
     num_layers = dims.num_layers if dims is not None else int(layers[-1])
 
-    idx = exit_indices(rule, logits, thresholds, temperatures)  # [T, N]
+    idx = exit_indices(rule, signals, thresholds, temperatures)  # [T, N]
     rows = torch.arange(n).unsqueeze(0)
-    correct = logits.argmax(dim=-1) == labels_t.unsqueeze(1)  # [N, E]; temperatures never change argmax
-    accuracy = correct[rows, idx].double().mean(dim=1)
+    if c == 1:  # regression: Pearson's r of the outputs taken at each threshold
+        taken = logits[..., 0].double()[rows, idx].numpy()  # [T, N]
+        target = labels_t.double().numpy()
+        score = torch.tensor([np.nan_to_num(pearson(t, target), nan=0.0) for t in taken])
+    else:
+        correct = logits.argmax(dim=-1) == labels_t.unsqueeze(1)  # [N, E]; temperatures never change argmax
+        score = correct[rows, idx].double().mean(dim=1)
     mean_layer = layers[idx].double().mean(dim=1)
     t_count = idx.shape[0]
     offsets = (idx + e * torch.arange(t_count).unsqueeze(1)).flatten()
@@ -132,7 +140,7 @@ def threshold_curve(
     curve = pd.DataFrame(
         {
             "threshold": np.asarray(thresholds, dtype=np.float64),
-            "accuracy": accuracy.numpy(),
+            "score": score.numpy(),
             "mean_exit_layer": mean_layer.numpy(),
             "layer_speedup": num_layers / mean_layer.numpy(),
         }
@@ -151,6 +159,8 @@ def threshold_curve(
         curve["gflops_per_example"] = adaptive / n / 1e9
     for j in range(e):
         curve[f"exit_frac_L{int(layers[j])}"] = exit_frac[:, j].numpy()
+    if c > 1:
+        curve.insert(1, "accuracy", curve["score"])
     return curve
 
 
@@ -163,6 +173,7 @@ def choose_threshold(
     speedup: float = 2.0,
     larger_is_slower: bool = True,
     speed_column: str = "layer_speedup",
+    score_column: str = "accuracy",
 ) -> pd.Series:
     """The row of `curve` that meets the target, with a boolean field `target_met`.
 
@@ -179,11 +190,11 @@ def choose_threshold(
     eps = 1e-12  # accuracies and speed-ups are ratios of counts; do not lose an exact hit to rounding
     larger_is_safer = larger_is_slower if target == "accuracy_within" else not larger_is_slower
     if target == "accuracy_within":
-        meets = curve["accuracy"] >= reference_accuracy - tolerance - eps
-        order = [speed_column, "accuracy"] if meets.any() else ["accuracy", speed_column]
+        meets = curve[score_column] >= reference_accuracy - tolerance - eps
+        order = [speed_column, score_column] if meets.any() else [score_column, speed_column]
     else:
         meets = curve[speed_column] >= speedup - eps
-        order = ["accuracy", speed_column] if meets.any() else [speed_column, "accuracy"]
+        order = [score_column, speed_column] if meets.any() else [speed_column, score_column]
     candidates = curve[meets] if meets.any() else curve
     ranked = candidates.sort_values(
         [*order, "threshold"], ascending=[False, False, not larger_is_safer], kind="mergesort"

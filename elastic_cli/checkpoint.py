@@ -25,6 +25,7 @@ from safetensors.torch import load_model, save_model
 
 from elastic_cli.config import RootConfig
 from elastic_cli.errors import UserError
+from elastic_cli.models.heads import HeadSpec
 from elastic_cli.models.loading import backbone_from_folder, save_backbone_files
 from elastic_cli.models.multi_exit import MultiExitModel
 
@@ -45,7 +46,12 @@ class CheckpointMeta:
     label_names: list[str]
     pooling: str
     max_seq_length: int
+    head: dict[str, Any] = field(default_factory=dict)  # HeadSpec fields
+    lte: bool = False
     train_metrics: dict[str, Any] = field(default_factory=dict)
+
+    def head_spec(self) -> HeadSpec:
+        return HeadSpec(**{"pooling": self.pooling, **self.head})
 
 
 def default_dir(cfg: RootConfig) -> Path:
@@ -105,7 +111,12 @@ def load(folder: Path, device: torch.device) -> tuple[MultiExitModel, Any, Check
     meta = read_meta(folder)
     adapter, tokenizer = backbone_from_folder(folder / "backbone", meta.family)
     model = MultiExitModel(
-        adapter, meta.exit_layers, meta.num_labels, meta.pooling, use_pretrained_pooler=False
+        adapter,
+        meta.exit_layers,
+        meta.num_labels,
+        meta.head_spec(),
+        use_pretrained_pooler=False,
+        lte=meta.lte,
     )
     load_model(model, str(folder / WEIGHTS), device=str(device))
     model.to(device).eval()

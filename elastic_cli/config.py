@@ -41,18 +41,72 @@ class BackboneConfig:
 
 @dataclass
 class ExitRuleConfig:
+    """An exit rule (conf/method/exit/<name>.yaml); the threshold is the value a sweep varies."""
+
     name: str = "maxprob"
     # None: take the threshold chosen by `calibrate` (calibration.json beside the checkpoint)
     threshold: float | None = None
+    # the grid of `sweep=thresholds`, as a Hydra choice list
+    sweep: str = "0.5,0.6,0.7,0.8,0.85,0.9,0.95,0.99"
+
+
+@dataclass
+class PatienceExitConfig(ExitRuleConfig):
+    """PABEE / ElasticBERT patience: exit once `threshold` consecutive exits agree."""
+
+    name: str = "patience"
+    # regression: consecutive outputs "agree" when they differ by less than this (PABEE: 0.1 for STS-B)
+    regression_threshold: float = 0.1
+
+
+@dataclass
+class ElbertExitConfig(ExitRuleConfig):
+    """ELBERT: normalised entropy below `threshold`, else a confidence-window rule over `window` exits."""
+
+    name: str = "elbert"
+    mode: str = "bias_1"  # bias_1 | bias_2 | bias_3 | entropy (stage 1 only)
+    window: int = 8  # ELBERT's cnt_thres
+    margin: float = 0.0
+    range: float = 0.1  # bias_3: the window's max - min of the predicted class's probability
+
+
+@dataclass
+class TrainStageConfig:
+    """One stage of a multi-stage method (DeeBERT, FastBERT)."""
+
+    objective: str = "sum"
+    trainable: str = "all"  # all | intermediate_heads (backbone and final head frozen)
+    epochs: float | None = None  # None: train.epochs
+    lr_scale: float = 1.0  # this stage's lr = train.lr * lr_scale
 
 
 @dataclass
 class MethodConfig:
     name: str = "???"
-    # "all" (every layer), "last", or a list of 1-indexed layer numbers
+    # "all" (every layer), "last", a list of 1-indexed layer numbers such as [4,6,12], or a list of
+    # fractions of the depth such as [0.0833,0.333,0.5,1.0] (SWEET's 0_3_5_11 on any depth)
     exit_layers: Any = "all"
-    objective: str = "sum"  # final_only | sum
+    head: str = "pooler"  # pooler | shared_pooler | shared | fastbert
+    objective: str = "sum"  # see elastic_cli/methods/objectives.py
+    stages: list[TrainStageConfig] = field(default_factory=list)  # empty: one stage of `objective`
+    stop_gradient: bool = False  # SWEET: no gradient from exit k into the layers before exit k-1
+    gradient_equilibrium: bool = False  # ElasticBERT: average, not sum, the exits' gradients per layer
+    lte: bool = False  # BERxiT's learning-to-exit module
+    lte_weight: float = 1.0  # weight of its MSE loss
     exit: ExitRuleConfig = field(default_factory=ExitRuleConfig)
+
+
+@dataclass
+class ElbertMethodConfig(MethodConfig):
+    w_init: float = 4.0  # initial logit of every intermediate exit weight (sigmoid(4) = 0.982)
+    w_lr: float = 1e-2  # lr of the exit weights (their own optimizer group)
+
+
+@dataclass
+class FastbertMethodConfig(MethodConfig):
+    head_hidden: int = 128  # FastBERT's student classifier width
+    head_attention_heads: int = 2
+    distil_temperature: float = 1.0
 
 
 @dataclass
@@ -148,15 +202,25 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="schema_root", node=RootConfig)
     cs.store(group="schema/method", name="base", node=MethodConfig, package="method")
+    cs.store(group="schema/method", name="elbert", node=ElbertMethodConfig, package="method")
+    cs.store(group="schema/method", name="fastbert", node=FastbertMethodConfig, package="method")
+    for name, node in EXIT_SCHEMAS.items():
+        cs.store(group="schema/exit", name=name, node=node)
     cs.store(group="schema/backbone", name="base", node=BackboneConfig, package="backbone")
     cs.store(group="schema/task", name="base", node=TaskConfig, package="task")
     cs.store(group="schema/device", name="base", node=DeviceConfig, package="device")
 
 
+EXIT_SCHEMAS: dict[str, type[ExitRuleConfig]] = {
+    "base": ExitRuleConfig,
+    "patience": PatienceExitConfig,
+    "elbert": ElbertExitConfig,
+}
+
 KNOWN = {
     "backbone.family": ("bert", "mpnet", "albert", "deberta", "distilbert"),
     "backbone.pooling": ("cls", "mean"),
-    "method.objective": ("final_only", "sum"),
+    "method.head": ("pooler", "shared_pooler", "shared", "fastbert"),
     "task.metric": ("accuracy", "f1", "matthews", "pearson_spearman"),
     "device.name": ("cpu", "cuda", "mps"),
     "device.dtype": ("float32", "float16", "bfloat16"),
@@ -178,15 +242,21 @@ def validate(cfg: RootConfig) -> None:
         value = getattr(getattr(cfg, section), key)
         if value not in allowed:
             raise UserError(f"{dotted}={value!r} is not one of {', '.join(allowed)}")
-    from elastic_cli.exits import RULES  # the registry of exit rules, each with its threshold range
+    from elastic_cli.exits import build_rule  # the registry of exit rules, each with its threshold range
 
-    rule = cfg.method.exit.name
-    if rule not in RULES:
-        raise UserError(f"method.exit.name={rule!r} is not one of {', '.join(sorted(RULES))}")
-    lo, hi = RULES[rule].threshold_range
+    rule = build_rule(cfg.method.exit)
+    lo, hi = rule.threshold_range
     t = cfg.method.exit.threshold
     if t is not None and not lo <= t <= hi:
-        raise UserError(f"method.exit.threshold={t} is outside [{lo}, {hi}] for the {rule} rule")
+        raise UserError(f"method.exit.threshold={t} is outside [{lo}, {hi}] for the {rule.name} rule")
+    from elastic_cli.methods.objectives import OBJECTIVES
+
+    stages = cfg.method.stages or [TrainStageConfig(objective=cfg.method.objective)]
+    for stage in stages:
+        if stage.objective not in OBJECTIVES:
+            raise UserError(f"objective {stage.objective!r} is not one of {', '.join(sorted(OBJECTIVES))}")
+        if stage.trainable not in ("all", "intermediate_heads"):
+            raise UserError(f"stage trainable={stage.trainable!r} is not one of all, intermediate_heads")
     if not 0.0 < cfg.task.calibration_fraction < 1.0:
         raise UserError(f"task.calibration_fraction={cfg.task.calibration_fraction} must be in (0, 1)")
     if cfg.task.max_seq_length < 8:
@@ -198,16 +268,23 @@ def validate(cfg: RootConfig) -> None:
 
 
 def parse_exit_layers(spec: Any, num_layers: int) -> list[int]:
-    """1-indexed, sorted, unique exit layers; the last layer is always an exit (it is the full model)."""
+    """1-indexed, sorted, unique exit layers; the last layer is always an exit (it is the full model).
+
+    Floats in (0, 1] are fractions of the depth, so one config serves any depth: SWEET's 0_3_5_11 on 12
+    layers is [0.0833,0.333,0.5,1.0].
+    """
     if spec == "all":
         layers = list(range(1, num_layers + 1))
     elif spec == "last":
         layers = [num_layers]
     elif isinstance(spec, (list, tuple)) or OmegaConf.is_list(spec):
+        values = list(spec)
         try:
-            layers = sorted({int(x) for x in spec})
+            layers = sorted({_layer_of(x, num_layers) for x in values})
         except (TypeError, ValueError):
-            raise UserError(f"method.exit_layers={list(spec)} must hold layer numbers") from None
+            raise UserError(
+                f"method.exit_layers={values} must hold layer numbers or fractions of the depth"
+            ) from None
     else:
         raise UserError(f"method.exit_layers={spec!r}: use all, last, or a list such as [4,6,12]")
     bad = [x for x in layers if not 1 <= x <= num_layers]
@@ -218,3 +295,12 @@ def parse_exit_layers(spec: Any, num_layers: int) -> list[int]:
     if layers[-1] != num_layers:
         layers.append(num_layers)
     return layers
+
+
+def _layer_of(value: Any, num_layers: int) -> int:
+    """An int is a layer number; a float is a fraction of the depth in (0, 1]."""
+    if isinstance(value, float):
+        if not 0.0 < value <= 1.0:
+            raise ValueError(value)
+        return max(1, round(value * num_layers))
+    return int(value)

@@ -15,6 +15,12 @@ elementwise operation that we count. With n tokens, hidden h, intermediate f, a 
                                  the embedding LayerNorm (7 h)
     exit head       2 h^2 + 2 h  pooler dense + bias + tanh (when the head has a pooler)
                     (2 h + 1) C  classifier with bias
+    FastBERT head   (2 h w + 2 w) n        Linear(h -> w) + tanh on every token
+                    4 w^2 n + 4 w n + 7 a n   keys and values of every token, the [CLS] query's scores,
+                                           softmax and weighted sum (only the [CLS] row is read)
+                    4 w^2 + 2 w            the [CLS] query and output projections
+                    2 w^2 + 2 w + (2 w + 1) C   Linear(w -> w) + tanh, classifier
+    LTE module      2 p + 1 per head       BERxiT's Linear(pooled -> 1) + sigmoid
 Mean pooling (n h additions) and the final softmax are not counted: both are under 0.01% of one layer.
 
 Cross-check against AdapLeR's fitted BERT-base formula (METHODS.md section 5),
@@ -29,7 +35,7 @@ of per-example ratios would weight short examples as much as long ones.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -49,6 +55,9 @@ class EncoderDims:
     heads: int
     num_labels: int
     head_pooler: bool = True  # the exit head has a dense+tanh pooler (hidden x hidden) before its classifier
+    fastbert_width: int = 0  # > 0: FastBERT's student head of this width instead of pooler + classifier
+    fastbert_attention_heads: int = 2
+    lte: bool = False  # BERxiT's learning-to-exit module runs beside every head
 
     @classmethod
     def of(cls, adapter: Any, num_labels: int, head_pooler: bool = True) -> EncoderDims:
@@ -95,11 +104,25 @@ def embedding_flops(n_tokens: np.ndarray, d: EncoderDims) -> np.ndarray:
     return float(2 * d.hidden + _LAYERNORM_OPS * d.hidden) * _tokens(n_tokens)
 
 
-def head_flops(d: EncoderDims) -> float:
-    """One exit head on one example: optional pooler (dense + bias + tanh), then the classifier."""
-    h, c = d.hidden, d.num_labels
-    pooler = 2.0 * h * h + 2.0 * h if d.head_pooler else 0.0
-    return pooler + (2.0 * h + 1.0) * c
+def head_flops(d: EncoderDims, n_tokens: np.ndarray | float = 0.0) -> np.ndarray:
+    """One exit head on one example (at n tokens: the FastBERT head attends over them), with the LTE
+    module when there is one."""
+    h, c, w = d.hidden, d.num_labels, d.fastbert_width
+    n = _tokens(n_tokens)
+    if w > 0:
+        per_token = (
+            2.0 * h * w + 2.0 * w + 4.0 * w * w + 4.0 * w + _ATTN_SCORE_OPS * d.fastbert_attention_heads
+        )
+        fixed = 4.0 * w * w + 2.0 * w * w + 2.0 * w + (2.0 * w + 1.0) * c
+        pooled = w
+        flops = per_token * n + fixed
+    else:
+        pooler = 2.0 * h * h + 2.0 * h if d.head_pooler else 0.0
+        pooled = h
+        flops = np.zeros_like(n) + pooler + (2.0 * h + 1.0) * c
+    if d.lte:
+        flops = flops + 2.0 * pooled + 1.0
+    return flops
 
 
 def _check_counts(name: str, counts: np.ndarray, upper: int, size: int) -> np.ndarray:
@@ -139,13 +162,14 @@ def example_flops(
             )
         ran = np.arange(d.num_layers)[None, :] < layers[:, None]
         encoder = (layer_flops(per_layer_tokens, d) * ran).sum(axis=1)
-    return embedding_flops(n, d) + encoder + heads * head_flops(d)
+    return embedding_flops(n, d) + encoder + heads * head_flops(d, n)
 
 
 def static_flops(n_tokens: np.ndarray, d: EncoderDims) -> np.ndarray:
     """The static model: all layers at full length and one final head."""
     n = _tokens(n_tokens)
-    return embedding_flops(n, d) + d.num_layers * layer_flops(n, d) + head_flops(d)
+    # the static model has no LTE module: it never decides to exit
+    return embedding_flops(n, d) + d.num_layers * layer_flops(n, d) + head_flops(replace(d, lte=False), n)
 
 
 def ratio_of_totals(static: np.ndarray, adaptive: np.ndarray) -> float:

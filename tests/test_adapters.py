@@ -7,10 +7,8 @@ import pytest
 import torch
 from tiny_models import ATTENTION_OF_KIND, FAMILY_OF_KIND, pad_id_of, padded_batch, tiny_hf_model
 
-from elastic_cli import exits
 from elastic_cli.errors import UserError
 from elastic_cli.models.adapters import BackboneAdapter, EncoderState, make_adapter
-from elastic_cli.models.multi_exit import MultiExitModel
 
 CASES = [(kind, attn) for kind, impls in ATTENTION_OF_KIND.items() for attn in impls]
 LENGTHS = [9, 4, 7, 2]  # different lengths: every row but the first is padded
@@ -79,6 +77,41 @@ def test_select_compacts_and_trims_like_running_the_rows_alone(kind: str, attn: 
     alone = run_all_layers(adapter, input_ids[rows, :4], attention_mask[rows, :4])[-1]
     real = state.attention_mask.bool()
     torch.testing.assert_close(state.hidden[real], alone.hidden[real], atol=1e-5, rtol=0)
+
+
+NEW_KINDS = [("albert", "sdpa"), ("albert-groups", "sdpa"), ("deberta", "eager"), ("deberta-v2", "eager"),
+             ("distilbert", "sdpa")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("kind", "attn"), NEW_KINDS)
+@torch.no_grad()
+def test_rows_left_after_every_layer_keep_their_full_batch_states(kind: str, attn: str) -> None:
+    # the early-exit pattern: after each layer the longest row and one other leave, so the batch is
+    # compacted and trimmed over and over; every row left must keep the states of the full-batch run
+    model = tiny_hf_model(kind, attn, num_layers=4)
+    adapter = make_adapter(FAMILY_OF_KIND[kind], model)
+    lengths = [11, 3, 9, 6, 11, 2, 8, 5, 10, 4]
+    input_ids, attention_mask = padded_batch(lengths, pad_id_of(model))
+    token_type_ids = segment_ids(model, attention_mask)
+    full = run_all_layers(adapter, input_ids, attention_mask, token_type_ids)
+
+    rows = torch.arange(len(lengths))
+    state = full[0]
+    widths = []
+    for i in range(adapter.num_layers):
+        state = adapter.layer(i, state)
+        width = state.hidden.shape[1]
+        widths.append(width)
+        assert width == max(lengths[row] for row in rows.tolist())
+        real = state.attention_mask.bool()
+        torch.testing.assert_close(
+            state.hidden[real], full[i + 1].hidden[rows, :width][real], atol=1e-5, rtol=0, msg=f"layer {i}"
+        )
+        row_lengths = torch.tensor([lengths[row] for row in rows.tolist()])
+        leaving = {int(row_lengths.argmax()), len(rows) // 2}
+        keep = torch.tensor([index for index in range(len(rows)) if index not in leaving])
+        state, rows = adapter.select(state, keep), rows[keep]
+    assert widths == sorted(widths, reverse=True) and widths[-1] < widths[0]  # trimming happened
 
 
 @torch.no_grad()
@@ -178,22 +211,25 @@ def test_wrong_family_for_the_model_is_a_user_error() -> None:
         make_adapter("xlnet", tiny_hf_model("bert"))
 
 
-@pytest.mark.parametrize(("kind", "attn"), [("deberta", "eager"), ("deberta-v2", "eager"), ("albert-groups", "sdpa"),
-                                            ("distilbert", "sdpa")])  # fmt: skip
+@pytest.mark.parametrize(("kind", "attn"), NEW_KINDS)
 @torch.no_grad()
 def test_adaptive_path_equals_the_rule_on_cached_logits(kind: str, attn: str) -> None:
     # the early-exit path compacts and trims the batch (select) as examples leave: its exits and logits
-    # must be those the rule picks on the all-exits logits of the full batch
+    # must be those the rule picks on the all-exits outputs of the full batch
+    from elastic_cli import exits
+    from elastic_cli.config import ExitRuleConfig
+    from elastic_cli.models.multi_exit import MultiExitModel
+
     model = tiny_hf_model(kind, attn, num_layers=4)
     lengths = torch.randint(2, 12, (16,), generator=torch.Generator().manual_seed(1)).tolist()
     input_ids, attention_mask = padded_batch(lengths, pad_id_of(model))
     token_type_ids = segment_ids(model, attention_mask)
     torch.manual_seed(0)
-    multi_exit = MultiExitModel(make_adapter(FAMILY_OF_KIND[kind], model), [1, 2, 3, 4], num_labels=3,
-                                use_pretrained_pooler=False).eval()  # fmt: skip
-    for head in multi_exit.heads:  # random heads are near-uniform: spread their confidences so exits differ
-        head.classifier.weight.mul_(40.0)
-    rule = exits.get_rule("maxprob")
+    adapter = make_adapter(FAMILY_OF_KIND[kind], model)
+    multi_exit = MultiExitModel(adapter, [1, 2, 3, 4], num_labels=3, use_pretrained_pooler=False).eval()
+    for classifier in multi_exit.heads.classifiers:  # random heads are near-uniform: spread their confidences
+        classifier.weight.mul_(40.0)
+    rule = exits.build_rule(ExitRuleConfig(name="maxprob"))
     cached = multi_exit(input_ids, attention_mask, token_type_ids)
 
     seen_exits: set[int] = set()

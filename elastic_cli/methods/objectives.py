@@ -1,27 +1,137 @@
-"""Training objectives over the per-exit losses."""
+"""Training objectives: losses over the outputs of every exit.
+
+Each objective maps (exit outputs, labels, step) to a scalar loss. Per-exit losses are cross-entropy,
+or mean squared error for a regression task (one output). The learning-to-exit loss (BERxiT) is
+added by the method on top of whichever objective it trains with (`lte_loss`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from elastic_cli.exits import ExitSignals
 
 
 def per_exit_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of every exit, [E], from logits [B, E, C]."""
+    """Loss of every exit, [E], from logits [B, E, C]: cross-entropy, or MSE when C = 1 (regression)."""
     b, e, c = logits.shape
+    if c == 1:
+        return ((logits.squeeze(-1) - labels.float().unsqueeze(1)) ** 2).mean(dim=0)
     flat = F.cross_entropy(logits.reshape(b * e, c), labels.repeat_interleave(e), reduction="none")
     return flat.view(b, e).mean(dim=0)
 
 
-def final_only(losses: torch.Tensor) -> torch.Tensor:
-    return losses[-1]
+class Objective(nn.Module):
+    """Base: subclasses implement `forward(out, labels, step)`; learnable objectives (ELBERT's exit
+    weights) hold their parameters, which the trainer optimises in their own group at `lr`."""
+
+    lr: float | None = None
+
+    def __init__(self, exit_layers: Sequence[int]) -> None:
+        super().__init__()
+        self.exit_layers = list(exit_layers)
+
+    def forward(self, out: ExitSignals, labels: torch.Tensor, step: int) -> torch.Tensor:
+        raise NotImplementedError
 
 
-def summed(losses: torch.Tensor) -> torch.Tensor:
-    # the plain sum of exit losses (SWEET's MultiExitCrossEntropyLoss, ElasticBERT's fine-tuning loss)
-    return losses.sum()
+class FinalOnly(Objective):
+    """The static model's loss: the final exit only (also DeeBERT's and FastBERT's first stage)."""
+
+    def forward(self, out: ExitSignals, labels: torch.Tensor, step: int) -> torch.Tensor:
+        return per_exit_losses(out.logits[:, -1:], labels)[0]
 
 
-OBJECTIVES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"final_only": final_only, "sum": summed}
+class Summed(Objective):
+    """The plain sum of exit losses: SWEET (MultiExitCrossEntropyLoss), ElasticBERT, early_exit."""
+
+    def forward(self, out: ExitSignals, labels: torch.Tensor, step: int) -> torch.Tensor:
+        return per_exit_losses(out.logits, labels).sum()
+
+
+class SummedIntermediate(Objective):
+    """DeeBERT's second stage: the sum over every exit but the final one."""
+
+    def forward(self, out: ExitSignals, labels: torch.Tensor, step: int) -> torch.Tensor:
+        return per_exit_losses(out.logits[:, :-1], labels).sum()
+
+
+class LayerWeighted(Objective):
+    """PABEE: a weighted average, sum_j j * L_j / sum_j j, j the exit's layer number."""
+
+    def forward(self, out: ExitSignals, labels: torch.Tensor, step: int) -> torch.Tensor:
+        j = torch.tensor(self.exit_layers, dtype=out.logits.dtype, device=out.logits.device)
+        return (j * per_exit_losses(out.logits, labels)).sum() / j.sum()
+
+
+class SelfDistillation(Objective):
+    """FastBERT's second stage: every exit but the last learns the last exit's distribution,
+    sum_i KL(p_L || p_i); no labels needed. The teacher is not trained here (its head is frozen)."""
+
+    def __init__(self, exit_layers: Sequence[int], temperature: float = 1.0) -> None:
+        super().__init__(exit_layers)
+        self.temperature = temperature
+
+    def forward(self, out: ExitSignals, labels: torch.Tensor, step: int) -> torch.Tensor:
+        t = self.temperature
+        if out.logits.shape[-1] == 1:  # regression: match the teacher's value
+            return ((out.logits[:, :-1] - out.logits[:, -1:].detach()) ** 2).mean(dim=0).sum()
+        teacher = F.softmax(out.logits[:, -1].detach() / t, dim=-1).unsqueeze(1)  # [B, 1, C]
+        students = F.log_softmax(out.logits[:, :-1] / t, dim=-1)  # [B, E-1, C]
+        kl = (teacher * (teacher.clamp_min(1e-12).log() - students)).sum(-1)  # [B, E-1]
+        return kl.mean(dim=0).sum() * t * t
+
+
+class DynamicWeights(Objective):
+    """ELBERT's `dyn` weights: w_i = sigmoid(W_i) for the intermediate exits, the last exit takes the
+    rest, w_E = E - sum_i w_i, so the weights always sum to the number of exits. W is learned with the
+    same loss (its own optimizer group at `w_lr`), which moves weight off exits whose loss exceeds the
+    final one's. ELBERT initialises W at 4 (sigmoid(4) = 0.982)."""
+
+    def __init__(self, exit_layers: Sequence[int], w_init: float = 4.0, w_lr: float = 1e-2) -> None:
+        super().__init__(exit_layers)
+        self.w = nn.Parameter(torch.full((len(self.exit_layers) - 1,), float(w_init)))
+        self.lr = w_lr
+
+    def weights(self) -> torch.Tensor:
+        inner = torch.sigmoid(self.w)
+        return torch.cat([inner, (len(self.exit_layers) - inner.sum()).unsqueeze(0)])
+
+    def forward(self, out: ExitSignals, labels: torch.Tensor, step: int) -> torch.Tensor:
+        return (self.weights() * per_exit_losses(out.logits, labels)).sum()
+
+
+class Alternating(Objective):
+    """BERxiT's `alternate` routine: even steps train the final exit only, odd steps all exits."""
+
+    def forward(self, out: ExitSignals, labels: torch.Tensor, step: int) -> torch.Tensor:
+        losses = per_exit_losses(out.logits, labels)
+        return losses[-1] if step % 2 == 0 else losses.sum()
+
+
+def lte_loss(out: ExitSignals, labels: torch.Tensor) -> torch.Tensor:
+    """BERxiT's learning-to-exit target: 1 - [exit e is right] for classification, tanh|z_e - y| for
+    regression; MSE against the module's score u_e, summed over exits."""
+    assert out.lte is not None
+    with torch.no_grad():
+        z = out.logits
+        if z.shape[-1] == 1:
+            target = torch.tanh((z.squeeze(-1) - labels.float().unsqueeze(1)).abs())
+        else:
+            target = 1.0 - (z.argmax(-1) == labels.unsqueeze(1)).to(z.dtype)
+    return ((out.lte - target) ** 2).mean(dim=0).sum()
+
+
+OBJECTIVES: dict[str, type[Objective]] = {
+    "final_only": FinalOnly,
+    "sum": Summed,
+    "sum_intermediate": SummedIntermediate,
+    "layer_weighted": LayerWeighted,
+    "self_distil": SelfDistillation,
+    "dyn_weights": DynamicWeights,
+    "alternate": Alternating,
+}

@@ -255,16 +255,20 @@ def tiny_config(
             eos_token_id=tokenizer.sep_token_id,
         )
     if family == "deberta":
-        # shaped like deberta-v3-base (which has 256 buckets for 512 positions)
+        # shaped like deberta-v3-base (which has 256 buckets for 512 positions); these three settings
+        # are not declared fields of DebertaV2Config, which keeps them as extra attributes
+        undeclared: dict[str, Any] = {
+            "position_buckets": max(1, positions // 2),
+            "share_att_key": True,
+            "norm_rel_ebd": "layer_norm",
+        }
         return DebertaV2Config(
             **dims,
+            **undeclared,
             max_position_embeddings=positions,
             relative_attention=True,
-            position_buckets=max(1, positions // 2),
             max_relative_positions=-1,
             pos_att_type=["p2c", "c2p"],
-            share_att_key=True,
-            norm_rel_ebd="layer_norm",
             position_biased_input=False,
             type_vocab_size=0,
         )

@@ -1,10 +1,17 @@
 """The multi-exit model: a backbone adapter with exit heads at `exit_layers`.
 
 Two execution paths share the same layers and heads:
-- `forward`: every layer once, logits of every exit, [B, E, C] (training, the evaluation cache);
+- `forward`: every layer once, the outputs of every exit (`ExitSignals`: logits [B, E, C] and the
+  learned-to-exit scores when the model has that module). Training and the evaluation cache use it.
 - `adaptive`: layer by layer, each example leaves the batch when its exit rule fires and the rest
   go on (compaction). Batch 1 is the latency path. It calls the exit rule of `elastic_cli.exits` on
-  the logits seen so far, so it agrees with `exits.simulate` on cached logits.
+  the outputs seen so far, so it agrees with `exits.simulate` on cached outputs.
+
+Training-time variants of the forward pass (no effect on the values it computes):
+- `stop_gradient` (SWEET): the hidden state handed on after an exit is detached, so exit k's loss
+  updates only the layers since exit k-1 (and its head).
+- `gradient_equilibrium` (ElasticBERT, after Li et al. 2019): at exit e of E, the gradient reaching
+  the hidden state is the average, not the sum, of what the E - e exits that read it send back.
 """
 
 from __future__ import annotations
@@ -16,7 +23,24 @@ from torch import nn
 
 from elastic_cli import exits
 from elastic_cli.models.adapters import BackboneAdapter
-from elastic_cli.models.heads import ExitHead
+from elastic_cli.models.heads import ExitHeads, HeadSpec
+
+
+class _GradientRescale(torch.autograd.Function):
+    """Identity forward; multiplies the gradient by `weight` backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.weight = weight
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad * ctx.weight, None
+
+
+def rescale_gradient(x: torch.Tensor, weight: float) -> torch.Tensor:
+    return _GradientRescale.apply(x, weight)
 
 
 @dataclass
@@ -31,9 +55,11 @@ class MultiExitModel(nn.Module):
         backbone: BackboneAdapter,
         exit_layers: list[int],
         num_labels: int,
-        pooling: str = "cls",
+        head: HeadSpec | None = None,
         use_pretrained_pooler: bool = True,
-        dropout: float = 0.1,
+        lte: bool = False,
+        stop_gradient: bool = False,
+        gradient_equilibrium: bool = False,
     ) -> None:
         super().__init__()
         if not exit_layers or exit_layers[-1] != backbone.num_layers:
@@ -41,31 +67,56 @@ class MultiExitModel(nn.Module):
         self.backbone = backbone
         self.exit_layers = list(exit_layers)
         self.num_labels = num_labels
+        self.head_spec = head or HeadSpec()
         pooler = backbone.pretrained_pooler() if use_pretrained_pooler else None
-        self.heads = nn.ModuleList(
-            ExitHead(backbone.hidden_size, num_labels, pooling, pooler, dropout) for _ in exit_layers
-        )
+        self.heads = ExitHeads(self.head_spec, len(exit_layers), backbone.hidden_size, num_labels, pooler)
+        # BERxiT: one module for all exits, Linear(pooled -> 1) + sigmoid: the predicted need to continue
+        self.lte = nn.Linear(self.heads.pooled_size, 1) if lte else None
+        self.stop_gradient = stop_gradient
+        self.gradient_equilibrium = gradient_equilibrium
 
     @property
     def num_exits(self) -> int:
         return len(self.exit_layers)
+
+    def _exit(
+        self, e: int, hidden: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits, pooled = self.heads(e, hidden, mask)
+        # the LTE module learns from its own MSE only: it reads the pooled state without moving it
+        lte = None if self.lte is None else torch.sigmoid(self.lte(pooled.detach())).squeeze(-1)
+        return logits, lte
 
     def forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits of every exit, [B, E, C]."""
+    ) -> exits.ExitSignals:
+        """Outputs of every exit: logits [B, E, C] (and LTE scores [B, E])."""
         state = self.backbone.embed(input_ids, attention_mask, token_type_ids)
-        out = []
+        logits, ltes = [], []
         layer = 0
-        for head, exit_layer in zip(self.heads, self.exit_layers, strict=True):
+        last = self.num_exits - 1
+        for e, exit_layer in enumerate(self.exit_layers):
             while layer < exit_layer:
                 state = self.backbone.layer(layer, state)
                 layer += 1
-            out.append(head(state.hidden, state.attention_mask))
-        return torch.stack(out, dim=1)
+            hidden = state.hidden
+            if self.gradient_equilibrium:
+                hidden = rescale_gradient(hidden, 1.0 / (self.num_exits - e))
+            z, u = self._exit(e, hidden, state.attention_mask)
+            logits.append(z)
+            if u is not None:
+                ltes.append(u)
+            if e < last:
+                onward = hidden
+                if self.gradient_equilibrium:
+                    onward = rescale_gradient(onward, float(self.num_exits - e - 1))
+                if self.stop_gradient:
+                    onward = onward.detach()
+                state.hidden = onward
+        return exits.ExitSignals(torch.stack(logits, dim=1), torch.stack(ltes, dim=1) if ltes else None)
 
     def static_forward(
         self,
@@ -77,7 +128,7 @@ class MultiExitModel(nn.Module):
         state = self.backbone.embed(input_ids, attention_mask, token_type_ids)
         for layer in range(self.backbone.num_layers):
             state = self.backbone.layer(layer, state)
-        return self.heads[-1](state.hidden, state.attention_mask)
+        return self.heads(self.num_exits - 1, state.hidden, state.attention_mask)[0]
 
     def adaptive(
         self,
@@ -93,21 +144,20 @@ class MultiExitModel(nn.Module):
         out_logits = torch.empty(batch, self.num_labels, device=input_ids.device)
         out_exit = torch.full((batch,), -1, dtype=torch.long, device=input_ids.device)
         rows = torch.arange(batch, device=input_ids.device)  # original row of every active example
-        seen: torch.Tensor | None = None  # [active, exits so far, C]
+        seen: exits.ExitSignals | None = None  # the active examples' outputs so far
         state = self.backbone.embed(input_ids, attention_mask, token_type_ids)
         layer = 0
         last = self.num_exits - 1
-        for e, (head, exit_layer) in enumerate(zip(self.heads, self.exit_layers, strict=True)):
+        for e, exit_layer in enumerate(self.exit_layers):
             while layer < exit_layer:
                 state = self.backbone.layer(layer, state)
                 layer += 1
-            z = head(state.hidden, state.attention_mask)
-            seen = z.unsqueeze(1) if seen is None else torch.cat([seen, z.unsqueeze(1)], dim=1)
+            z, u = self._exit(e, state.hidden, state.attention_mask)
+            seen = exits.ExitSignals.first(z, u) if seen is None else seen.append(z, u)
             if e == last:
                 exit_now = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
             else:
-                temps = None if temperatures is None else temperatures[: e + 1]
-                exit_now = exits.decisions(rule, seen, threshold, temps)[:, -1]
+                exit_now = exits.decisions(rule, seen, threshold, temperatures)[:, -1]
             out_logits[rows[exit_now]] = z[exit_now].to(out_logits.dtype)
             out_exit[rows[exit_now]] = e
             keep = (~exit_now).nonzero().squeeze(1)
@@ -115,5 +165,5 @@ class MultiExitModel(nn.Module):
                 break
             if keep.numel() < rows.numel():
                 state = self.backbone.select(state, keep)
-                rows, seen = rows[keep], seen[keep]
+                rows, seen = rows[keep], seen.rows(keep)
         return AdaptiveOutput(exit_index=out_exit, logits=out_logits)

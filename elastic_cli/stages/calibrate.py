@@ -12,9 +12,16 @@ from rich.table import Table
 
 from elastic_cli import calibration, checkpoint, exits, plots, tracking
 from elastic_cli.config import RootConfig
-from elastic_cli.cost import EncoderDims
 from elastic_cli.data import encode, load_task_data
-from elastic_cli.stages.common import cached_logits, console, exit_accuracies, seed_everything, setup_device
+from elastic_cli.stages.common import (
+    cached_outputs,
+    console,
+    cost_dims,
+    exit_scores,
+    score_name,
+    seed_everything,
+    setup_device,
+)
 
 
 def run(cfg: RootConfig, raw: DictConfig) -> float:
@@ -22,13 +29,14 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
     device = setup_device(cfg.device)
     folder = checkpoint.checkpoint_dir(cfg)
     meta = checkpoint.read_meta(folder)  # fails early, before a run is opened, when there is none
-    rule = exits.get_rule(cfg.method.exit.name)
+    rule = exits.build_rule(cfg.method.exit)
+    exits.check_applicable(rule, meta.num_labels, meta.lte)
 
     with tracking.stage_run(cfg, raw):
         model, tokenizer, meta = checkpoint.load(folder, device)
         data = load_task_data(cfg.task, cfg.seed)
         enc = encode(data.calibration, tokenizer, meta.max_seq_length)
-        cached = cached_logits(
+        cached = cached_outputs(
             folder,
             checkpoint.weights_fingerprint(folder),
             "calibration",
@@ -39,18 +47,19 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
             device,
         )
         n_exits = len(meta.exit_layers)
-        labels = torch.as_tensor(cached.labels)
+        signals = cached.signals
+        # temperatures rescale class probabilities: nothing to fit for a regression's single output
         temperatures = (
-            calibration.fit_temperatures(cached.logits, labels)
-            if cfg.calibrate.temperature
+            calibration.fit_temperatures(signals.logits, torch.as_tensor(cached.labels))
+            if cfg.calibrate.temperature and meta.num_labels > 1
             else torch.ones(n_exits)
         )
-        grid = rule.grid(meta.num_labels, cfg.calibrate.grid_size).tolist()
-        dims = EncoderDims.of(model.backbone, meta.num_labels)
+        grid = rule.grid(meta.num_labels, n_exits, cfg.calibrate.grid_size).tolist()
+        dims = cost_dims(model)
         curve = calibration.threshold_curve(
-            rule, cached.logits, cached.labels, meta.exit_layers, grid, temperatures, cached.lengths, dims
+            rule, signals, cached.labels, meta.exit_layers, grid, temperatures, cached.lengths, dims
         )
-        accs = exit_accuracies(cached.logits, cached.labels)
+        accs = exit_scores(signals, cached.labels)
         reference = float(accs[-1])
         chosen = calibration.choose_threshold(
             curve,
@@ -59,6 +68,7 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
             tolerance=cfg.calibrate.tolerance,
             speedup=cfg.calibrate.speedup,
             larger_is_slower=rule.larger_is_slower,
+            score_column="score",
         )
         result: dict[str, Any] = {
             "rule": rule.name,
@@ -69,8 +79,9 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
             "tolerance": cfg.calibrate.tolerance,
             "speedup_target": cfg.calibrate.speedup,
             "target_met": bool(chosen["target_met"]),
-            "reference_accuracy": reference,
-            "accuracy": float(chosen["accuracy"]),
+            "score_name": score_name(meta.num_labels),
+            "reference_score": reference,
+            "score": float(chosen["score"]),
             "layer_speedup": float(chosen["layer_speedup"]),
             "flops_speedup": float(chosen.get("flops_speedup", float("nan"))),
             "n_examples": int(len(cached.labels)),
@@ -81,8 +92,8 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
         tracking.log_metrics(
             {
                 "calibration/threshold": result["threshold"],
-                "calibration/accuracy": result["accuracy"],
-                "calibration/reference_accuracy": reference,
+                "calibration/score": result["score"],
+                "calibration/reference_score": reference,
                 "calibration/layer_speedup": result["layer_speedup"],
                 "calibration/flops_speedup": result["flops_speedup"],
                 "calibration/target_met": float(result["target_met"]),
@@ -91,7 +102,7 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
                     for layer, t in zip(meta.exit_layers, temperatures)
                 },
                 **{
-                    f"calibration/exit_accuracy_L{layer}": float(a)
+                    f"calibration/exit_{result['score_name']}_L{layer}": float(a)
                     for layer, a in zip(meta.exit_layers, accs)
                 },
             }
@@ -100,25 +111,25 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
         tracking.log_dataframe(curve, "calibration_curve.csv")
         tracking.log_figure(
             plots.pareto_figure(
-                curve, "layer_speedup", "accuracy", "threshold", "calibration split: threshold curve"
+                curve, "layer_speedup", "score", "threshold", "calibration split: threshold curve"
             ),
             "calibration_curve.png",
         )
         _print(result, meta.exit_layers, accs)
-        return float(result["accuracy"])
+        return float(result["score"])
 
 
 def _print(result: dict, exit_layers: list[int], accs) -> None:
     table = Table(title=f"calibration ({result['n_examples']} examples)")
     table.add_column("exit layer", justify="right")
-    table.add_column("accuracy", justify="right")
+    table.add_column(result["score_name"], justify="right")
     table.add_column("temperature", justify="right")
     for layer, a, t in zip(exit_layers, accs, result["temperatures"]):
         table.add_row(str(layer), f"{a:.4f}", f"{t:.3f}")
     console.print(table)
     met = "" if result["target_met"] else "  (target NOT met: closest threshold kept)"
     console.print(
-        f"{result['rule']} threshold {result['threshold']:.4f}: accuracy {result['accuracy']:.4f} "
-        f"(final exit {result['reference_accuracy']:.4f}), layer speed-up {result['layer_speedup']:.2f}x, "
+        f"{result['rule']} threshold {result['threshold']:.4f}: {result['score_name']} {result['score']:.4f} "
+        f"(final exit {result['reference_score']:.4f}), layer speed-up {result['layer_speedup']:.2f}x, "
         f"FLOPs speed-up {result['flops_speedup']:.2f}x{met}"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +22,11 @@ from rich.progress import (
 )
 
 from elastic_cli.config import DeviceConfig, RootConfig
+from elastic_cli.cost import EncoderDims
 from elastic_cli.data import Encoded, batches
 from elastic_cli.errors import UserError
+from elastic_cli.exits import ExitSignals
+from elastic_cli.metrics import pearson
 from elastic_cli.models.multi_exit import MultiExitModel
 
 console = Console(stderr=True)
@@ -103,32 +106,37 @@ def progress() -> Progress | LineProgress:
 
 
 @torch.inference_mode()
-def all_exit_logits(
+def all_exit_outputs(
     model: MultiExitModel, enc: Encoded, batch_size: int, pad_id: int, device: torch.device, label: str = ""
-) -> torch.Tensor:
-    """Logits of every exit for every example of `enc`, in its order: [N, E, C] float32 on the CPU."""
+) -> ExitSignals:
+    """Outputs of every exit for every example of `enc`, in its order, float32 on the CPU."""
     model.eval()
-    out = torch.empty(len(enc.labels), model.num_exits, model.num_labels)
+    n = len(enc.labels)
+    logits = torch.empty(n, model.num_exits, model.num_labels)
+    lte = torch.empty(n, model.num_exits) if model.lte is not None else None
     # length-sorted batches pad less; `index` puts every row back in place
     order = np.argsort(enc.lengths, kind="stable")
     with progress() as bar:
         task = bar.add_task(f"all exits {label}".strip(), total=len(order), info="")
         for batch in batches(enc, batch_size, pad_id=pad_id, indices=order.tolist()):
             batch = batch.to(device)
-            logits = model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
-            out[batch.index.cpu()] = logits.float().cpu()
+            out = model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+            rows = batch.index.cpu()
+            logits[rows] = out.logits.float().cpu()
+            if lte is not None and out.lte is not None:
+                lte[rows] = out.lte.float().cpu()
             bar.advance(task, len(batch.index))
-    return out
+    return ExitSignals(logits, lte)
 
 
 @dataclass
-class CachedLogits:
-    logits: torch.Tensor  # [N, E, C]
+class CachedOutputs:
+    signals: ExitSignals  # logits [N, E, C] (and LTE scores [N, E])
     labels: np.ndarray
     lengths: np.ndarray  # tokens per example
 
 
-def cached_logits(
+def cached_outputs(
     ckpt: Path,
     fingerprint: str,
     split: str,
@@ -137,8 +145,8 @@ def cached_logits(
     cfg: RootConfig,
     pad_id: int,
     device: torch.device,
-) -> CachedLogits:
-    """All-exits logits of a split, computed once per checkpoint weights and split contents."""
+) -> CachedOutputs:
+    """All-exits outputs of a split, computed once per checkpoint weights and split contents."""
     key = hashlib.sha256()
     key.update(fingerprint.encode())
     key.update(np.asarray(enc.labels).tobytes())
@@ -146,17 +154,39 @@ def cached_logits(
         key.update(np.asarray(ids, dtype=np.int64).tobytes())
     path = ckpt / "cache" / f"{split}-{key.hexdigest()[:16]}.pt"
     if path.is_file():
-        logits = torch.load(path, weights_only=True)
+        saved = torch.load(path, weights_only=True)
+        signals = ExitSignals(saved["logits"], saved.get("lte"))
     else:
-        logits = all_exit_logits(model, enc, cfg.device.eval_batch_size, pad_id, device, split)
+        signals = all_exit_outputs(model, enc, cfg.device.eval_batch_size, pad_id, device, split)
         path.parent.mkdir(exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        torch.save(logits, tmp)
+        torch.save({"logits": signals.logits, "lte": signals.lte}, tmp)
         os.replace(tmp, path)
-    return CachedLogits(logits=logits, labels=np.asarray(enc.labels), lengths=np.asarray(enc.lengths))
+    return CachedOutputs(signals=signals, labels=np.asarray(enc.labels), lengths=np.asarray(enc.lengths))
 
 
-def exit_accuracies(logits: torch.Tensor, labels: np.ndarray) -> np.ndarray:
-    """Accuracy of every exit on its own, [E]."""
-    preds = logits.argmax(dim=-1).numpy()  # [N, E]
-    return (preds == np.asarray(labels)[:, None]).mean(axis=0)
+def cost_dims(model: MultiExitModel) -> EncoderDims:
+    """The dimensions that price this model's layers and exit heads (elastic_cli/cost.py)."""
+    spec = model.heads.spec
+    return replace(
+        EncoderDims.of(model.backbone, model.num_labels),
+        fastbert_width=spec.width if spec.kind == "fastbert" else 0,
+        fastbert_attention_heads=spec.attention_heads,
+        lte=model.lte is not None,
+    )
+
+
+def score_name(num_labels: int) -> str:
+    """What a single exit is scored by: accuracy, or Pearson's r for regression."""
+    return "pearson" if num_labels == 1 else "accuracy"
+
+
+def exit_scores(out: ExitSignals, labels: np.ndarray) -> np.ndarray:
+    """Accuracy (Pearson's r for regression) of every exit on its own, [E]."""
+    labels = np.asarray(labels)
+    if out.logits.shape[-1] == 1:
+        preds = out.logits[..., 0].numpy()  # [N, E]
+        # a constant exit has no correlation: score it 0, not NaN, so it can be compared
+        return np.nan_to_num(np.array([pearson(preds[:, e], labels) for e in range(preds.shape[1])]), nan=0.0)
+    preds = out.logits.argmax(dim=-1).numpy()  # [N, E]
+    return (preds == labels[:, None]).mean(axis=0)

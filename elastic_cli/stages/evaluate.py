@@ -20,7 +20,16 @@ from elastic_cli.data import Batch, Encoded, batches, encode, load_task_data
 from elastic_cli.errors import UserError
 from elastic_cli.metrics import compute_metrics, main_metric
 from elastic_cli.models.multi_exit import MultiExitModel
-from elastic_cli.stages.common import cached_logits, console, exit_accuracies, seed_everything, setup_device
+from elastic_cli.stages.common import (
+    CachedOutputs,
+    cached_outputs,
+    console,
+    cost_dims,
+    exit_scores,
+    score_name,
+    seed_everything,
+    setup_device,
+)
 
 
 def _operating_point(
@@ -52,7 +61,8 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
     meta = checkpoint.read_meta(folder)
     if meta.task != cfg.task.name:
         raise UserError(f"checkpoint {folder} was trained on {meta.task}, not task={cfg.task.name}")
-    rule = exits.get_rule(cfg.method.exit.name)
+    rule = exits.build_rule(cfg.method.exit)
+    exits.check_applicable(rule, meta.num_labels, meta.lte)
     threshold, temperatures, source = _operating_point(
         cfg, checkpoint.read_calibration(folder), meta.exit_layers
     )
@@ -60,13 +70,13 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
     with tracking.stage_run(cfg, raw):
         model, tokenizer, meta = checkpoint.load(folder, device)
         pad_id = int(tokenizer.pad_token_id)
-        dims = EncoderDims.of(model.backbone, meta.num_labels)
+        dims = cost_dims(model)
         data = load_task_data(cfg.task, cfg.seed)
         tracking.log_params({"threshold_source": source, "exit_threshold": threshold})
         headline: dict[str, float] = {}
         for i, (split, examples) in enumerate(data.evals.items()):
             enc = encode(examples, tokenizer, meta.max_seq_length)
-            cached = cached_logits(
+            cached = cached_outputs(
                 folder, checkpoint.weights_fingerprint(folder), split, model, enc, cfg, pad_id, device
             )
             result = _score_split(cfg, rule, threshold, temperatures, cached, meta.exit_layers, dims)
@@ -78,7 +88,7 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
                 tracking.log_dataframe(result["curve"], f"{split}/threshold_curve.csv")
                 tracking.log_figure(
                     plots.pareto_figure(
-                        result["curve"], "flops_speedup", "accuracy", "threshold", f"{split}: threshold curve"
+                        result["curve"], "flops_speedup", "score", "threshold", f"{split}: threshold curve"
                     ),
                     f"{split}/threshold_curve.png",
                 )
@@ -99,15 +109,24 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
 
 
 def _score_split(
-    cfg, rule, threshold, temperatures, cached, exit_layers: list[int], dims: EncoderDims
+    cfg: RootConfig,
+    rule: exits.ExitRule,
+    threshold: float,
+    temperatures: torch.Tensor | None,
+    cached: CachedOutputs,
+    exit_layers: list[int],
+    dims: EncoderDims,
 ) -> dict[str, Any]:
-    exit_idx, chosen = exits.simulate(rule, cached.logits, threshold, temperatures)
-    preds = chosen.argmax(dim=-1).numpy()
+    signals = cached.signals
+    exit_idx, chosen = exits.simulate(rule, signals, threshold, temperatures)
+    regression = chosen.shape[-1] == 1
+    preds = chosen[:, 0].numpy() if regression else chosen.argmax(dim=-1).numpy()
     exit_idx_np = exit_idx.numpy()
     layers_run = np.asarray(exit_layers)[exit_idx_np]
     scores = compute_metrics(cfg.task.metric, preds, cached.labels)
     cost = speedups(cached.lengths, layers_run, exit_idx_np + 1, dims)
-    accs = exit_accuracies(cached.logits, cached.labels)
+    per_exit = exit_scores(signals, cached.labels)
+    name = score_name(chosen.shape[-1])
     counts = np.bincount(exit_idx_np, minlength=len(exit_layers))
     metrics = {
         **scores,
@@ -119,26 +138,30 @@ def _score_split(
         "static_gflops_per_example": cost["static_gflops_per_example"],
         "adaptive_gflops_per_example": cost["adaptive_gflops_per_example"],
         "n_examples": float(len(preds)),
-        **{f"exit_accuracy_L{layer}": float(a) for layer, a in zip(exit_layers, accs)},
+        **{f"exit_{name}_L{layer}": float(a) for layer, a in zip(exit_layers, per_exit)},
     }
-    probs = chosen.softmax(dim=-1)
-    predictions = pd.DataFrame(
-        {
-            "row": np.arange(len(preds)),
-            "label": cached.labels,
-            "prediction": preds,
-            "exit_layer": layers_run,
-            "tokens": cached.lengths,
-            "confidence": probs.max(dim=-1).values.numpy(),
-        }
-    )
+    columns: dict[str, Any] = {
+        "row": np.arange(len(preds)),
+        "label": cached.labels,
+        "prediction": preds,
+        "exit_layer": layers_run,
+        "tokens": cached.lengths,
+    }
+    if not regression:
+        columns["confidence"] = chosen.softmax(dim=-1).max(dim=-1).values.numpy()
     curve = None
     if cfg.evaluate.grid:
-        grid = rule.grid(chosen.shape[-1], cfg.evaluate.grid_size).tolist()
+        grid = rule.grid(chosen.shape[-1], len(exit_layers), cfg.evaluate.grid_size).tolist()
         curve = calibration.threshold_curve(
-            rule, cached.logits, cached.labels, exit_layers, grid, temperatures, cached.lengths, dims
+            rule, signals, cached.labels, exit_layers, grid, temperatures, cached.lengths, dims
         )
-    return {"metrics": metrics, "counts": counts.tolist(), "predictions": predictions, "curve": curve}
+    return {
+        "metrics": metrics,
+        "score_name": name,
+        "counts": counts.tolist(),
+        "predictions": pd.DataFrame(columns),
+        "curve": curve,
+    }
 
 
 def _inputs(b: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -206,7 +229,9 @@ def _measure_latency(
             res = model.adaptive(
                 b.input_ids, b.attention_mask, b.token_type_ids, rule, threshold, temperatures
             )
-            sim_idx, sim_logits = exits.simulate(rule, cached.logits[b.index.cpu()], threshold, temperatures)
+            sim_idx, sim_logits = exits.simulate(
+                rule, cached.signals.rows(b.index.cpu()), threshold, temperatures
+            )
             agree.append(
                 (res.exit_index.cpu() == sim_idx) & (res.logits.argmax(-1).cpu() == sim_logits.argmax(-1))
             )
@@ -222,13 +247,13 @@ def _print(
         title=f"{cfg.method.name} / {cfg.backbone.name} / {cfg.task.name} [{split}], {cfg.method.exit.name} threshold {threshold:.4f} ({source})"
     )
     table.add_column("exit layer", justify="right")
-    table.add_column("exit accuracy", justify="right")
+    table.add_column(f"exit {result['score_name']}", justify="right")
     table.add_column("exited here", justify="right")
     total = max(1, sum(result["counts"]))
+    name = result["score_name"]
     for layer, count in zip(exit_layers, result["counts"]):
-        table.add_row(
-            str(layer), f"{m[f'exit_accuracy_L{layer}']:.4f}", f"{count} ({100 * count / total:.1f}%)"
-        )
+        score = m[f"exit_{name}_L{layer}"]
+        table.add_row(str(layer), f"{score:.4f}", f"{count} ({100 * count / total:.1f}%)")
     console.print(table)
     console.print(
         f"{main_metric(cfg.task.metric)} {m['task_metric']:.4f} | mean exit layer {m['mean_exit_layer']:.2f} | "

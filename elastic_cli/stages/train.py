@@ -1,10 +1,17 @@
-"""`elastic train`: fine-tune the method's model and write the best checkpoint (by mean exit accuracy
-on the calibration split)."""
+"""`elastic train`: fine-tune the method's model, stage by stage, and write the best checkpoint.
+
+After every epoch every exit is scored on the calibration split; the checkpoint kept is the best
+by mean exit accuracy (by the final exit's in a stage that trains only the final exit). Two-stage
+methods (DeeBERT, FastBERT) start their second stage from the best weights of the first.
+"""
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,46 +19,69 @@ from omegaconf import DictConfig
 from rich.table import Table
 from transformers import get_linear_schedule_with_warmup
 
-from elastic_cli import checkpoint, tracking
-from elastic_cli.config import RootConfig, parse_exit_layers
+from elastic_cli import checkpoint, exits, tracking
+from elastic_cli.config import RootConfig, TrainStageConfig, parse_exit_layers
 from elastic_cli.data import Encoded, batches, encode, load_task_data
-from elastic_cli.methods import build_method
+from elastic_cli.methods import Method, build_method
+from elastic_cli.methods.objectives import DynamicWeights, Objective
 from elastic_cli.models.loading import build_backbone
 from elastic_cli.models.multi_exit import MultiExitModel
 from elastic_cli.stages.common import (
-    all_exit_logits,
+    all_exit_outputs,
     console,
-    exit_accuracies,
+    exit_scores,
     progress,
+    score_name,
     seed_everything,
     setup_device,
 )
 
 
-def _optimizer(model: MultiExitModel, cfg: RootConfig) -> torch.optim.Optimizer:
+def set_trainable(model: MultiExitModel, trainable: str) -> list[torch.nn.Parameter]:
+    """`all`, or `intermediate_heads`: only the heads of the exits before the last (and the LTE module);
+    the backbone, the final head and anything the exits share stay frozen (DeeBERT, FastBERT stage 2)."""
+    model.requires_grad_(trainable == "all")
+    if trainable == "intermediate_heads":
+        for e in range(model.num_exits - 1):
+            for p in model.heads.own_parameters(e):
+                p.requires_grad_(True)
+        if model.lte is not None:
+            model.lte.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _optimizer(
+    model: MultiExitModel, objective: Objective, lr: float, cfg: RootConfig
+) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases and LayerNorm weights (as BERT fine-tuning does); the exit
-    heads may have their own lr (`train.head_lr`)."""
+    heads may have their own lr (`train.head_lr`); learnable objective weights get their own group."""
     t = cfg.train
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            groups.setdefault((name.startswith("heads."), p.ndim >= 2), []).append(p)
-    return torch.optim.AdamW(
-        [
-            {
-                "params": params,
-                "lr": (t.head_lr or t.lr) if is_head else t.lr,
-                "weight_decay": t.weight_decay if decays else 0.0,
-            }
-            for (is_head, decays), params in groups.items()
-        ]
-    )
+            groups.setdefault((not name.startswith("backbone."), p.ndim >= 2), []).append(p)
+    head_lr = lr * (t.head_lr / t.lr) if t.head_lr else lr
+    params: list[dict[str, Any]] = [
+        {
+            "params": ps,
+            "lr": head_lr if is_head else lr,
+            "weight_decay": t.weight_decay if decays else 0.0,
+        }
+        for (is_head, decays), ps in groups.items()
+    ]
+    own = [p for p in objective.parameters() if p.requires_grad]
+    if own:
+        params.append({"params": own, "lr": objective.lr or lr, "weight_decay": 0.0})
+    return torch.optim.AdamW(params)
 
 
-def _total_steps(cfg: RootConfig, steps_per_epoch: int) -> int:
-    if cfg.train.max_steps > 0:
-        return cfg.train.max_steps
-    return max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
+@dataclass
+class Best:
+    score: float = -1.0
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+    step: int = 0
+    stage: int = 0
 
 
 def run(cfg: RootConfig, raw: DictConfig) -> float:
@@ -59,6 +89,8 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
     seed_everything(cfg.seed)
     device = setup_device(cfg.device)
     method = build_method(cfg.method)
+    rule = exits.build_rule(cfg.method.exit)
+    exits.check_applicable(rule, cfg.task.num_labels, cfg.method.lte)
     folder = checkpoint.checkpoint_dir(cfg)
 
     with tracking.stage_run(cfg, raw):
@@ -66,35 +98,39 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
         train_texts = [t for row in data.train.texts for t in row]
         backbone, tokenizer = build_backbone(cfg.backbone, train_texts=train_texts, seed=cfg.seed)
         exit_layers = parse_exit_layers(cfg.method.exit_layers, backbone.num_layers)
+        head = method.head_spec(cfg.backbone)
         model = MultiExitModel(
             backbone,
             exit_layers,
             cfg.task.num_labels,
-            cfg.backbone.pooling,
-            cfg.backbone.use_pretrained_pooler,
+            head,
+            use_pretrained_pooler=cfg.backbone.use_pretrained_pooler,
+            lte=cfg.method.lte,
+            stop_gradient=cfg.method.stop_gradient,
+            gradient_equilibrium=cfg.method.gradient_equilibrium,
         ).to(device)
         pad_id = int(tokenizer.pad_token_id)
         enc_train = encode(data.train, tokenizer, cfg.task.max_seq_length)
         enc_cal = encode(data.calibration, tokenizer, cfg.task.max_seq_length)
         tracking.log_params(
-            {
-                "exit_layers": exit_layers,
-                "n_train": len(data.train),
-                "n_calibration": len(data.calibration),
-            }
+            {"exit_layers": exit_layers, "n_train": len(data.train), "n_calibration": len(data.calibration)}
         )
         console.print(
             f"train {cfg.method.name} on {cfg.backbone.name} / {cfg.task.name}: "
             f"{len(data.train)} training, {len(data.calibration)} calibration examples, exits at {exit_layers}"
         )
 
-        steps_per_epoch = math.ceil(len(enc_train.labels) / cfg.train.batch_size)
-        total = _total_steps(cfg, steps_per_epoch)
-        optimizer = _optimizer(model, cfg)
-        schedule = get_linear_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * total), total)
-        best = _fit(cfg, model, method, enc_train, enc_cal, optimizer, schedule, total, pad_id, device)
+        best = Best()
+        step = 0
+        for s, stage in enumerate(method.stages()):
+            if s > 0:
+                model.load_state_dict(best.state)  # a later stage starts from the best of the one before
+                best = Best()
+            best, step = _train_stage(
+                cfg, s, stage, method, model, enc_train, enc_cal, pad_id, device, step, best
+            )
 
-        model.load_state_dict(best["state"])
+        model.load_state_dict(best.state)
         meta = checkpoint.CheckpointMeta(
             method=cfg.method.name,
             backbone=cfg.backbone.name,
@@ -104,77 +140,109 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
             exit_layers=exit_layers,
             num_labels=cfg.task.num_labels,
             label_names=list(cfg.task.label_names),
-            pooling=cfg.backbone.pooling,
+            pooling=head.pooling,
             max_seq_length=cfg.task.max_seq_length,
+            head={k: v for k, v in asdict(head).items() if k != "pooling"},
+            lte=cfg.method.lte,
             train_metrics={
-                "best_step": best["step"],
-                "calibration_exit_accuracy": best["accs"].tolist(),
+                "best_step": best.step,
+                "calibration_exit_scores": best.scores.tolist(),
                 "seconds": time.perf_counter() - started,
             },
         )
         checkpoint.save(folder, model, tokenizer, raw, meta)
+        name = score_name(cfg.task.num_labels)
         tracking.log_metrics(
             {
-                "best_mean_exit_accuracy": float(best["accs"].mean()),
-                "best_final_exit_accuracy": float(best["accs"][-1]),
+                f"best_mean_exit_{name}": float(best.scores.mean()),
+                f"best_final_exit_{name}": float(best.scores[-1]),
                 "train_seconds": time.perf_counter() - started,
             }
         )
         tracking.log_params({"checkpoint": str(folder.resolve())})
-        _print_summary(exit_layers, best["accs"], folder)
-        return float(best["accs"].mean())
+        _print_summary(exit_layers, best.scores, folder)
+        return float(best.scores.mean())
 
 
-def _fit(
-    cfg, model, method, enc_train: Encoded, enc_cal: Encoded, optimizer, schedule, total, pad_id, device
-):
-    best: dict = {"mean": -1.0}
-    step, epoch = 0, 0
+def _train_stage(
+    cfg: RootConfig,
+    s: int,
+    stage: TrainStageConfig,
+    method: Method,
+    model: MultiExitModel,
+    enc_train: Encoded,
+    enc_cal: Encoded,
+    pad_id: int,
+    device: torch.device,
+    step: int,
+    best: Best,
+) -> tuple[Best, int]:
+    objective = method.objective(stage, model.exit_layers).to(device)
+    set_trainable(model, stage.trainable)
+    lr = cfg.train.lr * stage.lr_scale
+    optimizer = _optimizer(model, objective, lr, cfg)
+    steps_per_epoch = math.ceil(len(enc_train.labels) / cfg.train.batch_size)
+    epochs = cfg.train.epochs if stage.epochs is None else stage.epochs
+    total = cfg.train.max_steps if cfg.train.max_steps > 0 else max(1, math.ceil(epochs * steps_per_epoch))
+    schedule = get_linear_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * total), total)
+    final_only = stage.objective == "final_only"
+    label = f"train stage {s + 1} ({stage.objective})" if len(method.stages()) > 1 else "train"
+    done, epoch = 0, 0
+    trainable = [p for p in model.parameters() if p.requires_grad]
     with progress() as bar:
-        task = bar.add_task("train", total=total, info="")
-        while step < total:
+        task = bar.add_task(label, total=total, info="")
+        while done < total:
             model.train()
             for batch in batches(
                 enc_train, cfg.train.batch_size, pad_id=pad_id, shuffle=True, seed=cfg.seed + epoch
             ):
                 batch = batch.to(device)
-                logits = model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
-                loss = method.loss(logits, batch.labels)
+                out = model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+                loss = method.loss(objective, out, batch.labels, done)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.train.max_grad_norm)
                 optimizer.step()
                 schedule.step()
+                done += 1
                 step += 1
                 bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {loss.item():.4f}")
-                if step % cfg.train.log_every == 0 or step == total:
+                if done % cfg.train.log_every == 0 or done == total:
                     tracking.log_metrics(
                         {"train/loss": loss.item(), "train/lr": schedule.get_last_lr()[0]}, step
                     )
-                if step >= total:
+                if done >= total:
                     break
             epoch += 1
-            accs = exit_accuracies(
-                all_exit_logits(model, enc_cal, cfg.device.eval_batch_size, pad_id, device, "calibration"),
+            scores = exit_scores(
+                all_exit_outputs(model, enc_cal, cfg.device.eval_batch_size, pad_id, device, "calibration"),
                 enc_cal.labels,
             )
+            name = score_name(model.num_labels)
             metrics = {
-                f"calibration/exit_accuracy_L{layer}": float(a) for layer, a in zip(model.exit_layers, accs)
+                f"calibration/exit_{name}_L{layer}": float(a) for layer, a in zip(model.exit_layers, scores)
             }
-            metrics["calibration/mean_exit_accuracy"] = float(accs.mean())
+            metrics[f"calibration/mean_exit_{name}"] = float(scores.mean())
+            if isinstance(objective, DynamicWeights):
+                weights = objective.weights().detach().cpu().numpy()
+                metrics.update(
+                    {f"train/exit_weight_L{layer}": float(w) for layer, w in zip(model.exit_layers, weights)}
+                )
             tracking.log_metrics(metrics, step)
-            bar.update(task, info=f"epoch {epoch} mean exit acc {accs.mean():.4f}")
-            if accs.mean() > best["mean"]:
+            score = float(scores[-1] if final_only else scores.mean())
+            bar.update(task, info=f"epoch {epoch} {'final' if final_only else 'mean'} exit score {score:.4f}")
+            if score > best.score:
                 state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                best = {"mean": float(accs.mean()), "accs": np.asarray(accs), "state": state, "step": step}
-    return best
+                best = Best(score=score, scores=np.asarray(scores), state=state, step=step, stage=s)
+    model.requires_grad_(True)
+    return best, step
 
 
-def _print_summary(exit_layers: list[int], accs: np.ndarray, folder) -> None:
-    table = Table(title="calibration-split accuracy of the best checkpoint")
+def _print_summary(exit_layers: list[int], scores: np.ndarray, folder: Path) -> None:
+    table = Table(title="calibration split, best checkpoint")
     table.add_column("exit layer", justify="right")
-    table.add_column("accuracy", justify="right")
-    for layer, a in zip(exit_layers, accs):
+    table.add_column("score", justify="right")
+    for layer, a in zip(exit_layers, scores):
         table.add_row(str(layer), f"{a:.4f}")
     console.print(table)
     console.print(f"checkpoint: {folder}")

@@ -1,0 +1,14 @@
+"""SWEET (Rotem et al., ACL 2023): Separating Weights in Early-Exit Transformers.
+
+The plain sum of exit losses, with a stop-gradient at every exit boundary: the hidden state handed
+on after an exit is detached, so exit k's loss updates only the layers since exit k-1, its own
+linear head and the pooler all exits share (`method.stop_gradient`, `method.head=shared_pooler`).
+Max-prob exit rule with per-exit temperatures; exits at SWEET's 0_3_5_11 as fractions of the depth.
+"""
+
+from elastic_cli.methods.base import Method, register
+
+
+@register
+class Sweet(Method):
+    name = "sweet"
