@@ -106,6 +106,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (UserError, HydraException, OmegaConfBaseException)
 
 
+_EXIT_SHORTHAND = re.compile(r"^method\.exit=([A-Za-z_][A-Za-z0-9_]*)$")
+
+
+def _exit_group_shorthand(arg: str) -> str:
+    """`method.exit=patience` means the nested config group `method/exit=patience`: the exit node
+    is a config, so a bare name can only mean one of its options."""
+    match = _EXIT_SHORTHAND.match(arg)
+    return f"method/exit={match.group(1)}" if match else arg
+
+
 def fail(err: BaseException) -> NoReturn:
     message = str(err)
     if err.__cause__ is not None and str(err.__cause__) not in message:
@@ -123,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     if stage not in MAINS:
         print(f"error: unknown stage {stage!r}; choose one of {', '.join(STAGES)}", file=sys.stderr)
         sys.exit(2)
+    args = [_exit_group_shorthand(a) for a in args]
     # Let exceptions reach us instead of Hydra's multi-line report, so bad input is one line.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     sys.argv = [f"elastic {stage}", *args]

@@ -14,12 +14,13 @@ dataclass named in `schema`, in elastic_cli/config.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import ClassVar
+import math
+from dataclasses import dataclass, fields, replace
+from typing import ClassVar, TypeVar
 
 import torch
 
-from elastic_cli.config import ExitRuleConfig
+from elastic_cli.config import ElbertExitConfig, ExitRuleConfig, PatienceExitConfig
 from elastic_cli.errors import UserError
 
 
@@ -68,6 +69,9 @@ class ExitRule:
     patience rule's regression threshold); the swept threshold is passed to `decide`."""
 
     name: ClassVar[str] = ""
+    schema: ClassVar[type[ExitRuleConfig]] = (
+        ExitRuleConfig  # its config dataclass (conf/method/exit/<name>.yaml)
+    )
     threshold_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
     larger_is_slower: ClassVar[bool] = True  # a larger threshold makes examples exit later
     regression: ClassVar[bool] = False  # applies to one-output (regression) exits
@@ -93,6 +97,10 @@ def register(cls: type[ExitRule]) -> type[ExitRule]:
     return cls
 
 
+_NO_LTE = "the {name} exit rule reads the learned-to-exit module: set method.lte=true and train"
+_Cfg = TypeVar("_Cfg", bound=ExitRuleConfig)
+
+
 def _threshold(threshold: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
     return threshold.to(like.dtype).to(like.device) if isinstance(threshold, torch.Tensor) else threshold
 
@@ -112,6 +120,194 @@ class MaxProb(ExitRule):
         return confidence >= _threshold(threshold, confidence)
 
 
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) in nats over the last dim (DeeBERT's log sum e^z - sum p z)."""
+    log_p = logits.log_softmax(dim=-1)
+    return -(log_p.exp() * log_p).sum(dim=-1)
+
+
+def _normalised_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """H / log C, in [0, 1] (FastBERT's uncertainty, ELBERT's `entropy`)."""
+    return _entropy(logits) / math.log(logits.shape[-1])
+
+
+def _streak(agree: torch.Tensor) -> torch.Tensor:
+    """Count of consecutive agreements ending at each exit, [N, E] from agree [N, E-1] (agree[:, j]: exit
+    j+1 agrees with exit j); reset to 0 at a disagreement, 0 at the first exit. The count at exit e is
+    e minus the last exit <= e where the streak was broken, found with a running max (no loop)."""
+    n, e = agree.shape[0], agree.shape[1] + 1
+    index = torch.arange(e, device=agree.device).expand(n, e)
+    broken = torch.cat([torch.ones(n, 1, dtype=torch.bool, device=agree.device), ~agree], dim=1)
+    last_break = torch.where(broken, index, torch.zeros_like(index)).cummax(dim=1).values
+    return index - last_break
+
+
+def _settings(cfg: ExitRuleConfig, schema: type[_Cfg]) -> _Cfg:
+    """The rule's own config; a plain ExitRuleConfig (a rule named in code or on the command line without its
+    YAML) gets the schema's defaults for the rule's extra parameters."""
+    if isinstance(cfg, schema):
+        return cfg
+    return schema(**{f.name: getattr(cfg, f.name) for f in fields(ExitRuleConfig)})
+
+
+@register
+class Entropy(ExitRule):
+    """DeeBERT / ElasticBERT: exit when the entropy of the exit's softmax, in nats, is below S (strict <).
+
+    Unnormalised, so its scale depends on C: the grid spans [0, log C]. A larger S exits earlier."""
+
+    name = "entropy"
+    threshold_range = (0.0, 20.0)
+    larger_is_slower = False
+
+    def grid(self, num_classes: int, num_exits: int, size: int) -> torch.Tensor:
+        return torch.linspace(0.0, math.log(max(num_classes, 2)), size, dtype=torch.float64)
+
+    def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
+        entropy = _entropy(signals.logits)
+        return entropy < _threshold(threshold, entropy)
+
+
+@register
+class NormalisedEntropy(ExitRule):
+    """FastBERT's `speed`: exit when H / log C is below S in [0, 1] (strict <). A larger S exits earlier."""
+
+    name = "norm_entropy"
+    threshold_range = (0.0, 1.0)
+    larger_is_slower = False
+
+    def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
+        uncertainty = _normalised_entropy(signals.logits)
+        return uncertainty < _threshold(threshold, uncertainty)
+
+
+@register
+class Patience(ExitRule):
+    """PABEE / ElasticBERT patience: a counter, 0 at the first exit, +1 when an exit's argmax equals the previous
+    exit's, reset to 0 otherwise; exit at the first exit whose counter reaches t. With t the earliest exit is
+    index t (PABEE's `patient_counter == patience`). Regression (one output): consecutive outputs agree when
+    they differ by less than `regression_threshold`. Per example, where PABEE decides for the whole batch."""
+
+    name = "patience"
+    schema = PatienceExitConfig
+    threshold_range = (1.0, 1000.0)
+    regression = True
+
+    def __init__(self, cfg: ExitRuleConfig) -> None:
+        super().__init__(cfg)
+        settings = _settings(cfg, PatienceExitConfig)
+        if settings.regression_threshold < 0:
+            raise UserError(f"method.exit.regression_threshold={settings.regression_threshold} must be >= 0")
+        self.regression_threshold = settings.regression_threshold
+
+    def grid(self, num_classes: int, num_exits: int, size: int) -> torch.Tensor:
+        # every patience that can fire before the last exit, and E - 1 (which only the last exit can reach)
+        return torch.arange(1, max(num_exits, 2), dtype=torch.float64)
+
+    def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
+        z = signals.logits
+        if z.shape[-1] == 1:
+            agree = (z[:, 1:, 0] - z[:, :-1, 0]).abs() < self.regression_threshold
+        else:
+            prediction = z.argmax(dim=-1)
+            agree = prediction[:, 1:] == prediction[:, :-1]
+        counter = _streak(agree).to(z.dtype)  # float, so a threshold compares the same as a float or a tensor
+        return counter >= _threshold(threshold, counter)
+
+
+ELBERT_MODES = ("bias_1", "bias_2", "bias_3", "entropy")
+
+
+@register
+class Elbert(ExitRule):
+    """ELBERT (METHODS.md section 2): exit when the normalised entropy H / log C is below the threshold
+    (stage 1); otherwise (stage 2) when the last N = `window` exits pass the `mode` test below. Stage 2 never
+    fires before N exits have been seen; mode `entropy` is stage 1 alone.
+
+    ELBERT's code is binary and batch 1: it tracks x = p(class 0) of the first example and tests
+    "x > 0.5 + m or x < 0.5 - m". Here each example is decided on its own and any C works: take k, the
+    predicted class at the window's reference exit, and x_j = p_j[k] over the window; the test becomes
+    p[k] > 1/C + m.
+      bias_1: the last N exits all predict the same class k, each with p[k] > 1/C + m.
+      bias_2: k = the prediction at the window's first exit, where p[k] > 1/C + m; p[k] is non-decreasing
+              over the following N - 1 exits.
+      bias_3: as bias_1, and max - min of p[k] over the window <= `range`.
+    For C = 2 and m >= 0 this is ELBERT's rule exactly: p0 > 0.5 + m means the prediction is class 0 with
+    p[k] = p0 > 1/2 + m, and p0 < 0.5 - m means it is class 1 with p[k] = p1 = 1 - p0 > 1/2 + m. So "all N
+    values on one side of the band" is "all N predict one class k with p[k] > 1/2 + m" (bias_1); x
+    non-decreasing after a start above the band, or non-increasing after a start below it, is p[k]
+    non-decreasing (bias_2); and the spread of p1 = 1 - p0 equals the spread of p0 (bias_3). A probability
+    exactly on the band's edge (or at 1/2 with m = 0) passes neither test, in both.
+    """
+
+    name = "elbert"
+    schema = ElbertExitConfig
+    threshold_range = (0.0, 1.0)
+    larger_is_slower = False
+
+    def __init__(self, cfg: ExitRuleConfig) -> None:
+        super().__init__(cfg)
+        settings = _settings(cfg, ElbertExitConfig)
+        if settings.mode not in ELBERT_MODES:
+            raise UserError(f"method.exit.mode={settings.mode!r} is not one of {', '.join(ELBERT_MODES)}")
+        if settings.window < 1:
+            raise UserError(f"method.exit.window={settings.window} must be at least 1")
+        if settings.margin < 0 or settings.range < 0:
+            raise UserError("method.exit.margin and method.exit.range must be >= 0")
+        self.mode = settings.mode
+        self.window = int(settings.window)
+        self.margin = float(settings.margin)
+        self.range = float(settings.range)
+
+    def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
+        uncertainty = _normalised_entropy(signals.logits)
+        stage_1 = uncertainty < _threshold(threshold, uncertainty)
+        return stage_1 | self.window_test(signals.logits.softmax(dim=-1))
+
+    def window_test(self, probs: torch.Tensor) -> torch.Tensor:
+        """Stage 2, [N, E] from probabilities [N, E, C]: True at exit e when the window of exits e-N+1..e passes."""
+        n, e, c = probs.shape
+        w = self.window
+        fired = torch.zeros(n, e, dtype=torch.bool, device=probs.device)
+        if self.mode == "entropy" or e < w:
+            return fired
+        prediction = probs.argmax(dim=-1)
+        predictions = prediction.unfold(1, w, 1)  # [N, S, w]: the S = E - w + 1 windows, oldest exit first
+        windows = probs.unfold(1, w, 1)  # [N, S, C, w]
+        k = predictions[..., 0] if self.mode == "bias_2" else predictions[..., -1]  # [N, S]
+        x = windows.gather(2, k[:, :, None, None].expand(-1, -1, 1, w)).squeeze(2)  # p_j[k], [N, S, w]
+        floor = 1.0 / c + self.margin
+        if self.mode == "bias_2":
+            passed = (x[..., 0] > floor) & (x[..., 1:] >= x[..., :-1]).all(dim=-1)
+        else:
+            passed = (predictions == k.unsqueeze(-1)).all(dim=-1) & (x > floor).all(dim=-1)
+            if self.mode == "bias_3":
+                passed &= x.amax(dim=-1) - x.amin(dim=-1) <= self.range
+        fired[:, w - 1 :] = passed
+        return fired
+
+
+@register
+class LearnedToExit(ExitRule):
+    """BERxiT's learning-to-exit: exit when the LTE module's predicted need to continue, u in [0, 1], is below
+    the threshold (BERxiT's default 0.005). It reads no probabilities, so it serves regression too."""
+
+    name = "lte"
+    threshold_range = (0.0, 1.0)
+    larger_is_slower = False
+    regression = True
+    needs_lte = True
+
+    def grid(self, num_classes: int, num_exits: int, size: int) -> torch.Tensor:
+        # squared spacing: dense near 0, where confident examples' scores sit (BERxiT's default is 0.005)
+        return torch.linspace(0.0, 1.0, size, dtype=torch.float64) ** 2
+
+    def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
+        if signals.lte is None:
+            raise UserError(_NO_LTE.format(name=self.name))
+        return signals.lte < _threshold(threshold, signals.lte)
+
+
 def build_rule(cfg: ExitRuleConfig) -> ExitRule:
     if cfg.name not in RULES:
         raise UserError(f"method.exit.name={cfg.name!r} is not one of {', '.join(sorted(RULES))}")
@@ -127,9 +323,7 @@ def check_applicable(rule: ExitRule, num_labels: int, has_lte: bool) -> None:
             f"use method/exit= one of {usable}"
         )
     if rule.needs_lte and not has_lte:
-        raise UserError(
-            f"the {rule.name} exit rule reads the learned-to-exit module: set method.lte=true and train"
-        )
+        raise UserError(_NO_LTE.format(name=rule.name))
 
 
 def decisions(

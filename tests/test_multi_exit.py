@@ -7,9 +7,12 @@ import pytest
 import torch
 
 from elastic_cli import checkpoint, exits
-from elastic_cli.config import BackboneConfig, TinyBackboneConfig
+from elastic_cli.config import BackboneConfig, ExitRuleConfig, TinyBackboneConfig
+from elastic_cli.models.heads import HeadSpec
 from elastic_cli.models.loading import build_backbone
 from elastic_cli.models.multi_exit import MultiExitModel
+
+MAXPROB = exits.build_rule(ExitRuleConfig(name="maxprob"))
 
 WORDS = "good great fine bad awful poor the a movie film plot actor was is very not quite".split()
 
@@ -23,22 +26,23 @@ def _texts(n: int, seed: int = 0) -> list[str]:
     return out
 
 
-def _model(family: str, exit_layers=(1, 2, 3, 4)) -> tuple[MultiExitModel, object]:
+def _model(
+    family: str, exit_layers=(1, 2, 3, 4), head: HeadSpec | None = None, lte: bool = False
+) -> tuple[MultiExitModel, object]:
     torch.manual_seed(0)
     cfg = BackboneConfig(
         name=f"tiny-{family}",
         family=family,
         path="random",
-        tiny=TinyBackboneConfig(
-            num_layers=4, hidden_size=32, num_heads=2, intermediate_size=64, vocab_size=200
-        ),
+        tiny=TinyBackboneConfig(num_layers=4, hidden_size=32, num_heads=2, intermediate_size=64, vocab_size=200),
         use_pretrained_pooler=False,
     )
     backbone, tok = build_backbone(cfg, train_texts=_texts(300), seed=0)
-    model = MultiExitModel(backbone, list(exit_layers), num_labels=3, use_pretrained_pooler=False)
+    model = MultiExitModel(backbone, list(exit_layers), num_labels=3, head=head, use_pretrained_pooler=False, lte=lte)
     with torch.no_grad():  # random heads are near-uniform: spread their confidences so exits differ
-        for head in model.heads:
-            head.classifier.weight.mul_(40.0)
+        for name, p in model.heads.named_parameters():
+            if "classifier" in name and name.endswith("weight"):
+                p.mul_(40.0)
     return model.eval(), tok
 
 
@@ -47,17 +51,31 @@ def _batch(tok, texts):
     return enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids")
 
 
-@pytest.mark.parametrize("family", ["bert", "mpnet"])
-def test_adaptive_equals_simulation_batched_and_batch1(family):
-    model, tok = _model(family)
+CASES = [
+    ("bert", HeadSpec(), "maxprob"),
+    ("mpnet", HeadSpec(pooling="mean"), "maxprob"),
+    ("bert", HeadSpec(kind="shared_pooler"), "maxprob"),
+    ("bert", HeadSpec(kind="shared"), "maxprob"),
+    ("bert", HeadSpec(kind="fastbert", width=16, attention_heads=2), "maxprob"),
+    ("bert", HeadSpec(), "lte"),
+]
+
+
+@pytest.mark.parametrize("family,head,rule_name", CASES)
+def test_adaptive_equals_simulation_batched_and_batch1(family, head, rule_name):
+    model, tok = _model(family, head=head, lte=rule_name == "lte")
+    rule = exits.build_rule(ExitRuleConfig(name=rule_name))
+    if rule_name == "lte":
+        with torch.no_grad():  # a random LTE module scores near 0.5: spread it
+            model.lte.weight.mul_(30.0)
     texts = _texts(24, seed=1)
     ids, mask, types = _batch(tok, texts)
-    rule = exits.get_rule("maxprob")
     temps = torch.tensor([1.3, 0.8, 1.0, 1.1])
     with torch.no_grad():
         cached = model(ids, mask, types)
     seen_exits = set()
-    for threshold in [0.34, 0.5, 0.7, 0.9, 0.99, 1.0]:
+    grid = torch.linspace(0.34, 1.0, 23).tolist() if rule_name == "maxprob" else [0.1, 0.3, 0.5, 0.7, 0.9]
+    for threshold in grid:
         sim_idx, sim_logits = exits.simulate(rule, cached, threshold, temps)
         with torch.no_grad():
             out = model.adaptive(ids, mask, types, rule, threshold, temps)
@@ -80,13 +98,13 @@ def test_static_forward_is_the_last_exit():
     model, tok = _model("bert", exit_layers=(2, 4))
     ids, mask, types = _batch(tok, _texts(6, seed=2))
     with torch.no_grad():
-        torch.testing.assert_close(model.static_forward(ids, mask, types), model(ids, mask, types)[:, -1])
+        torch.testing.assert_close(model.static_forward(ids, mask, types), model(ids, mask, types).logits[:, -1])
 
 
 def test_threshold_one_never_exits_early_and_lowest_always_exits_first():
     model, tok = _model("bert")
     ids, mask, types = _batch(tok, _texts(10, seed=3))
-    rule = exits.get_rule("maxprob")
+    rule = MAXPROB
     with torch.no_grad():
         assert model.adaptive(ids, mask, types, rule, 1.0 + 1e-9).exit_index.tolist() == [3] * 10
         assert model.adaptive(ids, mask, types, rule, 0.0).exit_index.tolist() == [0] * 10
@@ -116,7 +134,7 @@ def test_checkpoint_round_trip(tmp_path):
     loaded, tok2, meta = checkpoint.load(folder, torch.device("cpu"))
     ids, mask, types = _batch(tok2, _texts(5, seed=4))
     with torch.no_grad():
-        torch.testing.assert_close(loaded(ids, mask, types), model(ids, mask, types))
+        torch.testing.assert_close(loaded(ids, mask, types).logits, model(ids, mask, types).logits)
     assert meta.exit_layers == [1, 2, 3, 4]
     assert (folder / "config.yaml").is_file()
 
