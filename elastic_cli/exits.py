@@ -237,7 +237,9 @@ class Elbert(ExitRule):
     values on one side of the band" is "all N predict one class k with p[k] > 1/2 + m" (bias_1); x
     non-decreasing after a start above the band, or non-increasing after a start below it, is p[k]
     non-decreasing (bias_2); and the spread of p1 = 1 - p0 equals the spread of p0 (bias_3). A probability
-    exactly on the band's edge (or at 1/2 with m = 0) passes neither test, in both.
+    exactly on the band's edge (or at 1/2 with m = 0) passes neither test, in both. (Exactly up to float
+    rounding: p1 is computed by the softmax, not as 1 - p0, so two values an ulp apart may compare
+    differently.) Stage 1 is ELBERT's batch-mean entropy test applied to each example, as at batch 1.
     """
 
     name = "elbert"

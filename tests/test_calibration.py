@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from elastic_cli import exits
 from elastic_cli.calibration import (
     choose_threshold,
     exit_indices,
@@ -13,11 +14,13 @@ from elastic_cli.calibration import (
     fit_temperatures,
     threshold_curve,
 )
+from elastic_cli.config import ExitRuleConfig, PatienceExitConfig
 from elastic_cli.cost import EncoderDims, speedups
 from elastic_cli.errors import UserError
-from elastic_cli.exits import RULES, simulate
+from elastic_cli.exits import ExitSignals, simulate
+from elastic_cli.metrics import pearson
 
-MAXPROB = RULES["maxprob"]
+MAXPROB = exits.build_rule(ExitRuleConfig(name="maxprob"))
 
 
 def sampled_logits(
@@ -67,21 +70,24 @@ def confident(p: float, cls: int) -> list[float]:
 
 
 # three examples, exits after layers 1, 2 and 4; (probability of the prediction, predicted class) per exit
-HAND_LOGITS = torch.tensor(
-    [
-        [confident(0.95, 0), confident(0.90, 0), confident(0.97, 1)],  # label 0
-        [confident(0.60, 0), confident(0.85, 1), confident(0.99, 1)],  # label 1
-        [confident(0.55, 1), confident(0.70, 0), confident(0.75, 0)],  # label 1
-    ]
+HAND = ExitSignals(
+    torch.tensor(
+        [
+            [confident(0.95, 0), confident(0.90, 0), confident(0.97, 1)],  # label 0
+            [confident(0.60, 0), confident(0.85, 1), confident(0.99, 1)],  # label 1
+            [confident(0.55, 1), confident(0.70, 0), confident(0.75, 0)],  # label 1
+        ]
+    )
 )
 HAND_LABELS = np.array([0, 1, 1])
 
 
 def test_threshold_curve_on_hand_made_exits():
-    curve = threshold_curve(MAXPROB, HAND_LOGITS, HAND_LABELS, [1, 2, 4], [0.5, 0.8, 0.92, 1.0], None)
+    curve = threshold_curve(MAXPROB, HAND, HAND_LABELS, [1, 2, 4], [0.5, 0.8, 0.92, 1.0], None)
     # 0.5: all leave at exit 0 (layers 1,1,1); 0.8: exits 0,1,2 (layers 1,2,4);
     # 0.92: exits 0,2,2 (layers 1,4,4); 1.0: everyone runs to layer 4
     np.testing.assert_allclose(curve["accuracy"], [2 / 3, 2 / 3, 2 / 3, 1 / 3])
+    np.testing.assert_allclose(curve["score"], curve["accuracy"])  # classification: the score is accuracy
     np.testing.assert_allclose(curve["mean_exit_layer"], [1.0, 7 / 3, 3.0, 4.0])
     np.testing.assert_allclose(curve["layer_speedup"], [4.0, 12 / 7, 4 / 3, 1.0])
     np.testing.assert_allclose(curve["exit_frac_L1"], [1.0, 1 / 3, 1 / 3, 0.0])
@@ -93,24 +99,24 @@ def test_threshold_curve_on_hand_made_exits():
 def test_temperatures_change_who_exits():
     # a huge temperature on exit 0 flattens it to 50/50: nobody leaves there at 0.8
     temps = torch.tensor([100.0, 1.0, 1.0])
-    curve = threshold_curve(MAXPROB, HAND_LOGITS, HAND_LABELS, [1, 2, 4], [0.8], temps)
+    curve = threshold_curve(MAXPROB, HAND, HAND_LABELS, [1, 2, 4], [0.8], temps)
     assert curve["exit_frac_L1"].item() == 0.0
     assert curve["exit_frac_L2"].item() == pytest.approx(2 / 3)  # examples 0 (p=0.90) and 1 (p=0.85)
 
 
 def test_threshold_curve_agrees_with_simulate_and_speedups():
     gen = torch.Generator().manual_seed(3)
-    logits = 2.0 * torch.randn(300, 4, 3, generator=gen)
+    signals = ExitSignals(2.0 * torch.randn(300, 4, 3, generator=gen))
     labels = torch.randint(0, 3, (300,), generator=gen).numpy()
     temps = torch.tensor([1.5, 1.2, 0.9, 1.0])
     n_tokens = torch.randint(5, 60, (300,), generator=gen).numpy()
     dims = EncoderDims(num_layers=6, hidden=16, intermediate=32, heads=2, num_labels=3)
     exit_layers = [1, 2, 4, 6]
-    thresholds = MAXPROB.grid(3, 9).tolist()
+    thresholds = MAXPROB.grid(3, 4, 9).tolist()
 
-    curve = threshold_curve(MAXPROB, logits, labels, exit_layers, thresholds, temps, n_tokens, dims)
+    curve = threshold_curve(MAXPROB, signals, labels, exit_layers, thresholds, temps, n_tokens, dims)
     for row, threshold in zip(curve.itertuples(), thresholds, strict=True):
-        idx, chosen = simulate(MAXPROB, logits, threshold, temps)
+        idx, chosen = simulate(MAXPROB, signals, threshold, temps)
         assert row.accuracy == pytest.approx((chosen.argmax(-1).numpy() == labels).mean())
         layers_run = np.asarray(exit_layers)[idx.numpy()]
         expected = speedups(n_tokens, layers_run, idx.numpy() + 1, dims)
@@ -123,11 +129,11 @@ def test_threshold_curve_agrees_with_simulate_and_speedups():
 
 def test_threshold_curve_is_fast():
     gen = torch.Generator().manual_seed(4)
-    logits = torch.randn(10_000, 12, 3, generator=gen)
+    signals = ExitSignals(torch.randn(10_000, 12, 3, generator=gen))
     labels = torch.randint(0, 3, (10_000,), generator=gen).numpy()
     dims = EncoderDims(num_layers=12, hidden=768, intermediate=3072, heads=12, num_labels=3)
     n_tokens = np.full(10_000, 128)
-    args = (MAXPROB, logits, labels, list(range(1, 13)), MAXPROB.grid(3, 100).tolist(), torch.ones(12))
+    args = (MAXPROB, signals, labels, list(range(1, 13)), MAXPROB.grid(3, 12, 100).tolist(), torch.ones(12))
     threshold_curve(*args, n_tokens, dims)  # warm-up
     start = time.perf_counter()
     curve = threshold_curve(*args, n_tokens, dims)
@@ -137,16 +143,47 @@ def test_threshold_curve_is_fast():
 
 def test_threshold_curve_refuses_mismatched_inputs():
     with pytest.raises(ValueError, match="exit_layers"):
-        threshold_curve(MAXPROB, HAND_LOGITS, HAND_LABELS, [1, 4], [0.5], None)
+        threshold_curve(MAXPROB, HAND, HAND_LABELS, [1, 4], [0.5], None)
     with pytest.raises(ValueError, match="n_tokens and dims"):
-        threshold_curve(MAXPROB, HAND_LOGITS, HAND_LABELS, [1, 2, 4], [0.5], None, n_tokens=np.ones(3))
+        threshold_curve(MAXPROB, HAND, HAND_LABELS, [1, 2, 4], [0.5], None, n_tokens=np.ones(3))
     with pytest.raises(ValueError, match="temperatures"):
-        threshold_curve(MAXPROB, HAND_LOGITS, HAND_LABELS, [1, 2, 4], [0.5], torch.ones(2))
+        threshold_curve(MAXPROB, HAND, HAND_LABELS, [1, 2, 4], [0.5], torch.ones(2))
 
 
 def test_exit_indices_shape():
-    idx = exit_indices(MAXPROB, HAND_LOGITS, [0.5, 1.0], None)
+    idx = exit_indices(MAXPROB, HAND, [0.5, 1.0], None)
     assert idx.tolist() == [[0, 0, 0], [2, 2, 2]]
+    assert exit_indices(MAXPROB, HAND, [], None).shape == (0, 3)
+
+
+@pytest.mark.parametrize("name", sorted(exits.RULES))
+def test_exit_indices_equal_simulate_for_every_rule(name):
+    gen = torch.Generator().manual_seed(6)
+    signals = ExitSignals(2.0 * torch.randn(50, 5, 3, generator=gen), torch.rand(50, 5, generator=gen))
+    rule = exits.build_rule(exits.RULES[name].schema(name=name))
+    thresholds = rule.grid(3, 5, 6).tolist()
+    temps = torch.tensor([1.4, 1.1, 0.9, 1.0, 1.2])
+    idx = exit_indices(rule, signals, thresholds, temps)
+    for row, threshold in zip(idx, thresholds, strict=True):
+        assert torch.equal(row, simulate(rule, signals, threshold, temps)[0])
+
+
+def test_regression_curve_scores_pearson_of_the_outputs_taken():
+    # patience 1 on regression outputs: example 0 leaves at exit 1, example 1 at exit 2 (the last)
+    outputs = torch.tensor([[0.0, 0.05, 0.9], [1.0, 1.5, 2.0], [2.0, 2.02, 2.5], [0.5, 0.0, 0.3]])
+    signals = ExitSignals(outputs.unsqueeze(-1))
+    labels = np.array([0.1, 2.1, 2.2, 0.4])
+    rule = exits.build_rule(PatienceExitConfig(regression_threshold=0.1))
+    curve = threshold_curve(rule, signals, labels, [1, 2, 3], [1.0, 2.0], None)
+    assert "accuracy" not in curve
+    # patience 1: exits 1, 2, 1, 2 (temperatures never touch regression outputs); patience 2: all at exit 2
+    taken = {1.0: np.array([0.05, 2.0, 2.02, 0.3]), 2.0: outputs[:, 2].numpy()}
+    for row in curve.itertuples():
+        assert row.score == pytest.approx(pearson(taken[row.threshold], labels))
+    np.testing.assert_allclose(curve["mean_exit_layer"], [2.5, 3.0])
+    assert threshold_curve(rule, signals, labels, [1, 2, 3], [1.0], torch.ones(3))["score"].item() == (
+        pytest.approx(curve["score"].iloc[0])
+    )
 
 
 CURVE = pd.DataFrame(
@@ -188,3 +225,14 @@ def test_impossible_targets_return_the_closest_row_marked():
 def test_unknown_target_is_a_user_error():
     with pytest.raises(UserError, match="calibrate.target"):
         choose_threshold(CURVE, "fastest", reference_accuracy=0.9)
+
+
+def test_score_column_chooses_on_another_metric():
+    # a regression curve carries Pearson's r as `score` and no accuracy column
+    curve = CURVE.rename(columns={"accuracy": "score"})
+    row = choose_threshold(
+        curve, "accuracy_within", reference_accuracy=0.90, tolerance=0.06, score_column="score"
+    )
+    assert row["threshold"] == 0.7 and row["target_met"] is True
+    with pytest.raises(KeyError):
+        choose_threshold(curve, "accuracy_within", reference_accuracy=0.90)  # the default reads `accuracy`

@@ -1,4 +1,5 @@
-"""Exit rules on hand-made logits whose exits are known, and the contract every rule keeps."""
+"""Exit rules on hand-made outputs whose exits are known, ELBERT against its original binary algorithm, and
+the contract every registered rule keeps (causal, a [T, 1, 1] threshold tensor, a grid inside its range)."""
 
 from __future__ import annotations
 
@@ -8,37 +9,48 @@ import pytest
 import torch
 
 from elastic_cli import exits
+from elastic_cli.config import ElbertExitConfig, ExitRuleConfig, PatienceExitConfig
+from elastic_cli.errors import UserError
+from elastic_cli.exits import ExitSignals
 
-MAXPROB = exits.get_rule("maxprob")
+MAXPROB = exits.build_rule(ExitRuleConfig(name="maxprob"))
 
 
-def _logits_for(probs: list[list[list[float]]]) -> torch.Tensor:
-    return torch.tensor(probs).log()
+def _signals(probs: list[list[list[float]]], lte: list[list[float]] | None = None) -> ExitSignals:
+    """Logits whose softmax is `probs` [N, E, C] (log-probabilities are logits)."""
+    return ExitSignals(torch.tensor(probs).log(), None if lte is None else torch.tensor(lte))
+
+
+def _binary(p0: list[list[float]]) -> ExitSignals:
+    """Two-class outputs from the probability of class 0 at every exit, [N, E]."""
+    return _signals([[[p, 1.0 - p] for p in row] for row in p0])
+
+
+def _exit_at(rule: exits.ExitRule, signals: ExitSignals, threshold: float) -> list[int]:
+    return exits.simulate(rule, signals, threshold)[0].tolist()
 
 
 def test_maxprob_exits_at_first_confident_exit():
     # example 0: confident at exit 1; example 1: at exit 2; example 2: never (falls to the last exit)
-    logits = _logits_for(
+    signals = _signals(
         [
             [[0.6, 0.4], [0.95, 0.05], [0.99, 0.01]],
             [[0.5, 0.5], [0.7, 0.3], [0.2, 0.8]],
             [[0.5, 0.5], [0.55, 0.45], [0.6, 0.4]],
         ]
     )
-    idx, chosen = exits.simulate(MAXPROB, logits, 0.9)
+    idx, chosen = exits.simulate(MAXPROB, signals, 0.9)
     assert idx.tolist() == [1, 2, 2]
-    assert torch.equal(chosen, logits[[0, 1, 2], [1, 2, 2]])
-    idx, _ = exits.simulate(MAXPROB, logits, 0.7)
-    assert idx.tolist() == [1, 1, 2]
-    idx, _ = exits.simulate(MAXPROB, logits, 0.5)
-    assert idx.tolist() == [0, 0, 0]
+    assert torch.equal(chosen, signals.logits[[0, 1, 2], [1, 2, 2]])
+    assert _exit_at(MAXPROB, signals, 0.7) == [1, 1, 2]
+    assert _exit_at(MAXPROB, signals, 0.5) == [0, 0, 0]
 
 
 def test_temperatures_change_the_decision():
-    logits = _logits_for([[[0.8, 0.2], [0.99, 0.01]]])
-    assert exits.simulate(MAXPROB, logits, 0.75)[0].tolist() == [0]
+    signals = _signals([[[0.8, 0.2], [0.99, 0.01]]])
+    assert exits.simulate(MAXPROB, signals, 0.75)[0].tolist() == [0]
     # a high temperature at exit 0 flattens it below the threshold
-    assert exits.simulate(MAXPROB, logits, 0.75, torch.tensor([4.0, 1.0]))[0].tolist() == [1]
+    assert exits.simulate(MAXPROB, signals, 0.75, torch.tensor([4.0, 1.0]))[0].tolist() == [1]
 
 
 def test_first_exit_forces_the_last():
@@ -46,20 +58,279 @@ def test_first_exit_forces_the_last():
     assert exits.first_exit(fired).tolist() == [2, 1, 0]
 
 
+# three classes, four exits; normalised entropies (H / log 3) in the comments, entropies in nats after them
+THREE_CLASS = _signals(
+    [
+        # 1.000 (1.099), 0.817 (0.898), 0.582 (0.639), 0.102 (0.112)
+        [[1 / 3, 1 / 3, 1 / 3], [0.6, 0.3, 0.1], [0.8, 0.1, 0.1], [0.98, 0.01, 0.01]],
+        # 0.946 (1.040), 0.359 (0.394), 0.984 (1.081), 0.730 (0.802)
+        [[0.5, 0.25, 0.25], [0.9, 0.05, 0.05], [0.4, 0.35, 0.25], [0.7, 0.2, 0.1]],
+        # 0.984 (1.081), 0.946 (1.040), 0.984 (1.081), 0.946 (1.040)
+        [[0.4, 0.35, 0.25], [0.5, 0.25, 0.25], [0.4, 0.35, 0.25], [0.5, 0.25, 0.25]],
+    ]
+)
+
+
+def test_entropy_in_nats_exits_below_the_threshold():
+    rule = exits.build_rule(ExitRuleConfig(name="entropy"))
+    assert _exit_at(rule, THREE_CLASS, 0.4) == [3, 1, 3]
+    assert _exit_at(rule, THREE_CLASS, 0.7) == [2, 1, 3]
+    assert _exit_at(rule, THREE_CLASS, 1.05) == [1, 0, 1]
+    # strict <: a uniform binary exit has entropy log 2 exactly and does not leave at threshold log 2
+    uniform = _binary([[0.5, 0.5]])
+    assert rule.decide(uniform, math.log(2.0)).tolist() == [[False, False]]
+    assert rule.decide(uniform, math.log(2.0) + 1e-6).tolist() == [[True, True]]
+
+
+def test_normalised_entropy_exits_below_the_threshold():
+    rule = exits.build_rule(ExitRuleConfig(name="norm_entropy"))
+    assert _exit_at(rule, THREE_CLASS, 0.5) == [3, 1, 3]
+    assert _exit_at(rule, THREE_CLASS, 0.6) == [2, 1, 3]
+    assert _exit_at(rule, THREE_CLASS, 0.95) == [1, 0, 1]
+
+
+# predicted class at each of five exits: agreements build the counter, a disagreement resets it
+PATIENCE_PREDICTIONS = [[0, 0, 0, 0, 0], [0, 1, 1, 0, 0], [1, 1, 0, 0, 0]]
+
+
+def test_patience_counts_agreements_and_resets():
+    logits = torch.nn.functional.one_hot(torch.tensor(PATIENCE_PREDICTIONS), 3).float() * 2.0
+    signals = ExitSignals(logits)
+    rule = exits.build_rule(PatienceExitConfig())
+    # counters: [0,1,2,3,4], [0,0,1,0,1], [0,1,0,1,2]
+    assert rule.decide(signals, 1.0).tolist() == [
+        [False, True, True, True, True],
+        [False, False, True, False, True],
+        [False, True, False, True, True],
+    ]
+    assert _exit_at(rule, signals, 1) == [1, 2, 1]
+    assert _exit_at(rule, signals, 2) == [2, 4, 4]
+    assert _exit_at(rule, signals, 3) == [3, 4, 4]
+    assert _exit_at(rule, signals, 4) == [4, 4, 4]
+
+
+def test_patience_on_regression_outputs():
+    outputs = torch.tensor([[0.0, 0.05, 0.5, 0.52, 0.55], [1.0, 1.3, 1.35, 1.38, 2.0]]).unsqueeze(-1)
+    signals = ExitSignals(outputs)
+    # |change| < 0.1: counters [0,1,0,1,2] and [0,0,1,2,0]
+    rule = exits.build_rule(PatienceExitConfig(regression_threshold=0.1))
+    assert _exit_at(rule, signals, 1) == [1, 2]
+    assert _exit_at(rule, signals, 2) == [4, 3]
+    # |change| < 0.04: the first step (0.05) no longer agrees; counters [0,0,0,1,2] and [0,0,0,1,0]
+    strict = exits.build_rule(PatienceExitConfig(regression_threshold=0.04))
+    assert _exit_at(strict, signals, 1) == [3, 3]
+    assert _exit_at(strict, signals, 2) == [4, 4]
+
+
+def test_patience_built_from_a_plain_config_takes_the_schema_defaults():
+    rule = exits.build_rule(ExitRuleConfig(name="patience"))
+    assert isinstance(rule, exits.Patience)
+    assert rule.regression_threshold == PatienceExitConfig().regression_threshold
+
+
+def test_patience_grid_is_every_count_below_the_last_exit():
+    rule = exits.build_rule(PatienceExitConfig())
+    assert rule.grid(2, 6, 101).tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert rule.grid(2, 1, 101).tolist() == [1.0]  # one exit: a single point rather than an empty curve
+
+
+# ELBERT, window 3, margin 0.1 (class probability above 0.6 counts), range 0.12; p(class 0) at five exits
+ELBERT_P0 = [
+    [0.65, 0.85, 0.75, 0.80, 0.80],  # class 0 throughout, not monotone until exits 2..4
+    [0.30, 0.20, 0.15, 0.10, 0.50],  # class 1 at 0.7, 0.8, 0.85, 0.9 (rising), then undecided
+    [0.70, 0.30, 0.70, 0.55, 0.90],  # flips class, then sits inside the margin band
+]
+
+
+@pytest.mark.parametrize(
+    "mode,expected",
+    [("bias_1", [2, 2, 4]), ("bias_2", [4, 2, 4]), ("bias_3", [3, 3, 4]), ("entropy", [4, 4, 4])],
+)
+def test_elbert_window_modes(mode, expected):
+    rule = exits.build_rule(ElbertExitConfig(mode=mode, window=3, margin=0.1, range=0.12))
+    signals = _binary(ELBERT_P0)
+    assert _exit_at(rule, signals, 0.0) == expected  # threshold 0: stage 1 never fires
+    # stage 1 first: p = 0.85 has H / log 2 = 0.61 < 0.65 (exit 1 of example 0, exit 2 of example 1)
+    assert _exit_at(rule, signals, 0.65) == [min(1, expected[0]), 2, 4]
+
+
+def test_elbert_window_decisions_at_every_exit():
+    signals = _binary(ELBERT_P0)
+    f, t = False, True
+    expected = {
+        "bias_1": [[f, f, t, t, t], [f, f, t, t, f], [f] * 5],
+        # example 0's last window (0.75, 0.8, 0.8) ties: non-decreasing allows equal values
+        "bias_2": [[f, f, f, f, t], [f, f, t, t, f], [f] * 5],
+        "bias_3": [[f, f, f, t, t], [f, f, f, t, f], [f] * 5],
+    }
+    for mode, decided in expected.items():
+        rule = exits.build_rule(ElbertExitConfig(mode=mode, window=3, margin=0.1, range=0.12))
+        assert rule.decide(signals, 0.0).tolist() == decided, mode
+    # bias_3's range is inclusive: a constant window has spread 0 and passes range 0
+    flat = exits.build_rule(ElbertExitConfig(mode="bias_3", window=2, range=0.0))
+    assert flat.decide(_binary([[0.8, 0.8, 0.9]]), 0.0).tolist() == [[f, t, f]]
+
+
+def test_elbert_needs_a_full_window():
+    signals = _binary(ELBERT_P0)
+    decided = exits.build_rule(ElbertExitConfig(window=3, margin=0.1)).decide(signals, 0.0)
+    assert not decided[:, :2].any()  # fewer than 3 exits seen
+    assert _exit_at(exits.build_rule(ElbertExitConfig(window=2, margin=0.1)), signals, 0.0) == [1, 1, 4]
+    assert not exits.build_rule(ElbertExitConfig(window=8)).decide(signals, 0.0).any()  # 5 exits < 8
+
+
+def test_elbert_floor_is_one_over_c_plus_margin():
+    # three classes, margin 0.1: class 0 needs p > 0.4333 at both exits of a 2-exit window
+    signals = _signals([[[0.45, 0.35, 0.2], [0.5, 0.3, 0.2]], [[0.42, 0.38, 0.2], [0.6, 0.2, 0.2]]])
+    rule = exits.build_rule(ElbertExitConfig(mode="bias_1", window=2, margin=0.1))
+    assert rule.decide(signals, 0.0).tolist() == [[False, True], [False, False]]
+    # bias_2 follows the class predicted at the window's first exit (class 1 here, which then falls), not
+    # any class above 1/C: class 0 rises from 0.4 to 0.5, but it was not the prediction
+    turning = _signals([[[0.4, 0.45, 0.15], [0.5, 0.3, 0.2]], [[0.45, 0.4, 0.15], [0.5, 0.3, 0.2]]])
+    rising = exits.build_rule(ElbertExitConfig(mode="bias_2", window=2))
+    assert rising.decide(turning, 0.0).tolist() == [[False, False], [False, True]]
+
+
+def _original_elbert(
+    mode: str, ent: float, x: list[float], thres: float, cnt: int, margin: float, rng: float
+):
+    """ELBERT's `ExitLayer.lower_than_thres` (shakeley/ELBERT, test_ver/modeling_albert.py), transcribed:
+    x is the history of p(class 0) up to the current layer, ent its normalised entropy."""
+    if ent < thres:
+        return True
+    if mode == "entropy" or len(x) < cnt:
+        return False
+    if mode == "bias_1":
+        cnt_large = cnt_less = 0
+        for i in range(cnt, 0, -1):
+            if x[-i] < 0.5 - margin:
+                cnt_less += 1
+            elif x[-i] > 0.5 + margin:
+                cnt_large += 1
+        return cnt_large == cnt or cnt_less == cnt
+    if mode == "bias_2":
+        if x[-cnt] < 0.5 - margin:
+            is_larger = False
+        elif x[-cnt] > 0.5 + margin:
+            is_larger = True
+        else:
+            return False
+        logit = x[-cnt]
+        for i in range(cnt - 1, 0, -1):
+            if is_larger and x[-i] < logit:
+                return False
+            if not is_larger and x[-i] > logit:
+                return False
+            logit = x[-i]
+        return True
+    max_tmp, min_tmp = max(x[-cnt:]), min(x[-cnt:])
+    if not (min_tmp > 0.5 + margin or max_tmp < 0.5 - margin):
+        return False
+    return max_tmp - min_tmp <= rng
+
+
+@pytest.mark.parametrize("mode", ["bias_1", "bias_2", "bias_3", "entropy"])
+def test_elbert_equals_the_original_binary_rule(mode):
+    gen = torch.Generator().manual_seed(5)
+    # random walks: predictions persist and confidence trends, so every window test fires somewhere
+    logits = (0.8 * torch.randn(150, 9, 2, generator=gen, dtype=torch.float64)).cumsum(dim=1)
+    p0 = logits.softmax(dim=-1)[..., 0].tolist()
+    stage_2_fired = 0
+    for window in (2, 4):
+        for margin in (0.0, 0.15):
+            for threshold in (0.0, 0.4):
+                cfg = ElbertExitConfig(mode=mode, window=window, margin=margin, range=0.1)
+                got = exits.build_rule(cfg).decide(ExitSignals(logits), threshold).tolist()
+                for n, history in enumerate(p0):
+                    for e in range(len(history)):
+                        x = history[: e + 1]
+                        p = x[-1]
+                        ent = -(p * math.log(p) + (1 - p) * math.log(1 - p)) / math.log(2)
+                        expected = _original_elbert(mode, ent, x, threshold, window, margin, 0.1)
+                        assert got[n][e] == expected, (window, margin, threshold, n, e)
+                        stage_2_fired += expected and ent >= threshold
+    if mode == "entropy":
+        assert stage_2_fired == 0
+    else:
+        assert stage_2_fired > 100  # the comparison covered the window tests, not only stage 1
+
+
+def test_elbert_rejects_bad_settings():
+    with pytest.raises(UserError, match="method.exit.mode"):
+        exits.build_rule(ElbertExitConfig(mode="bias_9"))
+    with pytest.raises(UserError, match="method.exit.window"):
+        exits.build_rule(ElbertExitConfig(window=0))
+    with pytest.raises(UserError, match="margin"):
+        exits.build_rule(ElbertExitConfig(margin=-0.1))
+
+
+def test_lte_exits_when_the_score_is_below_the_threshold():
+    rule = exits.build_rule(ExitRuleConfig(name="lte"))
+    lte = [[0.5, 0.004, 0.3, 0.001], [0.9, 0.8, 0.7, 0.6], [0.001, 0.9, 0.9, 0.9]]
+    signals = ExitSignals(torch.zeros(3, 4, 1), torch.tensor(lte))  # regression outputs: LTE ignores them
+    assert _exit_at(rule, signals, 0.005) == [1, 3, 0]
+    assert _exit_at(rule, signals, 0.0005) == [3, 3, 3]
+    assert _exit_at(rule, signals, 0.75) == [0, 2, 0]
+    assert rule.decide(ExitSignals(torch.zeros(1, 2, 1), torch.tensor([[0.5, 0.25]])), 0.5).tolist() == [
+        [False, True]  # strict <
+    ]
+    with pytest.raises(UserError, match="method.lte=true"):
+        rule.decide(ExitSignals(torch.zeros(3, 4, 1)), 0.5)
+
+
+def test_check_applicable():
+    for name in ("maxprob", "entropy", "norm_entropy", "elbert"):
+        with pytest.raises(UserError, match="regression: use method/exit= one of lte, patience"):
+            exits.check_applicable(exits.build_rule(ExitRuleConfig(name=name)), num_labels=1, has_lte=False)
+        exits.check_applicable(exits.build_rule(ExitRuleConfig(name=name)), num_labels=3, has_lte=False)
+    exits.check_applicable(exits.build_rule(ExitRuleConfig(name="patience")), num_labels=1, has_lte=False)
+    lte = exits.build_rule(ExitRuleConfig(name="lte"))
+    with pytest.raises(UserError, match="method.lte=true"):
+        exits.check_applicable(lte, num_labels=2, has_lte=False)
+    exits.check_applicable(lte, num_labels=1, has_lte=True)
+
+
+def test_build_rule_refuses_an_unknown_name():
+    with pytest.raises(UserError, match="method.exit.name='maxprb' is not one of .*maxprob"):
+        exits.build_rule(ExitRuleConfig(name="maxprb"))
+
+
+def test_registry():
+    assert set(exits.RULES) == {"maxprob", "entropy", "norm_entropy", "patience", "elbert", "lte"}
+    assert {n for n, r in exits.RULES.items() if r.regression} == {"patience", "lte"}
+    assert {n for n, r in exits.RULES.items() if r.needs_lte} == {"lte"}
+
+
+def _contract_rules(name: str) -> list[exits.ExitRule]:
+    if name == "elbert":  # a window that fits in the exits, so stage 2 is exercised too
+        return [exits.build_rule(ElbertExitConfig(mode=m, window=2)) for m in exits.ELBERT_MODES]
+    return [exits.build_rule(exits.RULES[name].schema(name=name))]
+
+
 @pytest.mark.parametrize("name", sorted(exits.RULES))
 def test_every_rule_is_causal_and_broadcasts_thresholds(name):
-    rule = exits.RULES[name]
     gen = torch.Generator().manual_seed(0)
-    logits = 3.0 * torch.randn(40, 5, 3, generator=gen)
-    grid = rule.grid(3, 7)
-    full = [rule.decide(logits, float(t)) for t in grid]
-    # a prefix of the exits gives the same decisions on that prefix (the adaptive path relies on it)
-    for t, d in zip(grid, full):
-        for k in range(1, 5):
-            assert torch.equal(rule.decide(logits[:, :k], float(t)), d[:, :k])
-    # a [T, 1, 1] tensor of thresholds gives the [T, N, E] stack of single-threshold decisions
-    many = rule.decide(logits, grid.to(logits.dtype).view(-1, 1, 1))
-    assert torch.equal(many, torch.stack(full))
-    lo, hi = rule.threshold_range
-    assert lo <= float(grid.min()) and float(grid.max()) <= hi
-    assert not math.isnan(float(grid[0]))
+    num_exits = 5
+    lte = torch.rand(40, num_exits, generator=gen)
+    outputs = [3.0 * torch.randn(40, num_exits, 3, generator=gen)]
+    if exits.RULES[name].regression:
+        outputs.append(0.3 * torch.randn(40, num_exits, 1, generator=gen).cumsum(dim=1))
+    for rule in _contract_rules(name):
+        for logits in outputs:
+            signals = ExitSignals(logits, lte)
+            grid = rule.grid(logits.shape[-1], num_exits, 7)
+            assert grid.dtype == torch.float64 and torch.all(grid[1:] > grid[:-1])
+            lo, hi = rule.threshold_range
+            assert lo <= float(grid.min()) and float(grid.max()) <= hi
+            full = [rule.decide(signals, float(t)) for t in grid]
+            assert all(d.shape == (40, num_exits) and d.dtype == torch.bool for d in full)
+            # the grid spans behaviours: some example exits early at some threshold, and not at all of them
+            stacked = torch.stack(full)[..., :-1]
+            assert stacked.any() and not stacked.all()
+            # a prefix of the exits gives the same decisions on that prefix (the adaptive path relies on it)
+            for t, d in zip(grid, full):
+                for k in range(1, num_exits):
+                    assert torch.equal(rule.decide(signals.upto(k), float(t)), d[:, :k])
+            # a [T, 1, 1] tensor of thresholds gives the [T, N, E] stack of single-threshold decisions
+            many = rule.decide(signals, grid.to(logits.dtype).view(-1, 1, 1))
+            assert torch.equal(many, torch.stack(full))
