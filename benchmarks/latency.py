@@ -57,13 +57,18 @@ def bench(name: str, n: int, warmup: int, batch_size: int, batches: int) -> None
     }
     ms = timing.latency_per_example(variants, list(range(n)), warmup=warmup)
     base = float(np.median(ms["hf"]))
-    print(f"\n{name}: {backbone.num_layers} layers x {backbone.hidden_size}, batch 1, {n} SST-2 dev sentences")
+    print(
+        f"\n{name}: {backbone.num_layers} layers x {backbone.hidden_size}, batch 1, {n} SST-2 dev sentences"
+    )
     print(f"{'variant':<12} {'p50 ms':>8} {'p90 ms':>8} {'p50 / hf':>9}")
     for key, values in ms.items():
         s = timing.summarize_ms(values)
         print(f"{key:<12} {s['p50_ms']:8.2f} {s['p90_ms']:8.2f} {s['p50_ms'] / base:9.3f}")
 
-    chunks = [tok(texts[k * batch_size : (k + 1) * batch_size], padding=True, return_tensors="pt") for k in range(batches)]
+    chunks = [
+        tok(texts[k * batch_size : (k + 1) * batch_size], padding=True, return_tensors="pt")
+        for k in range(batches)
+    ]
     batched = {
         "hf": lambda b: backbone.model(**b),
         "static": lambda b: model.static_forward(*args(b)),

@@ -18,7 +18,9 @@ from elastic_cli.data import Split, batches, encode, load_splits, load_task_data
 from elastic_cli.errors import UserError
 
 # ../shared/assets/data beside the repo (as in CI's clean clone); ELASTIC_DATA overrides it
-REAL_DATA = Path(os.environ.get("ELASTIC_DATA", Path(__file__).resolve().parents[2] / "shared" / "assets" / "data"))
+REAL_DATA = Path(
+    os.environ.get("ELASTIC_DATA", Path(__file__).resolve().parents[2] / "shared" / "assets" / "data")
+)
 
 
 def sst2_like(data_dir: Path | str | None, **overrides) -> TaskConfig:

@@ -34,11 +34,15 @@ def _model(
         name=f"tiny-{family}",
         family=family,
         path="random",
-        tiny=TinyBackboneConfig(num_layers=4, hidden_size=32, num_heads=2, intermediate_size=64, vocab_size=200),
+        tiny=TinyBackboneConfig(
+            num_layers=4, hidden_size=32, num_heads=2, intermediate_size=64, vocab_size=200
+        ),
         use_pretrained_pooler=False,
     )
     backbone, tok = build_backbone(cfg, train_texts=_texts(300), seed=0)
-    model = MultiExitModel(backbone, list(exit_layers), num_labels=3, head=head, use_pretrained_pooler=False, lte=lte)
+    model = MultiExitModel(
+        backbone, list(exit_layers), num_labels=3, head=head, use_pretrained_pooler=False, lte=lte
+    )
     with torch.no_grad():  # random heads are near-uniform: spread their confidences so exits differ
         for name, p in model.heads.named_parameters():
             if "classifier" in name and name.endswith("weight"):
@@ -101,7 +105,9 @@ def test_static_forward_is_the_last_exit():
     model, tok = _model("bert", exit_layers=(2, 4))
     ids, mask, types = _batch(tok, _texts(6, seed=2))
     with torch.no_grad():
-        torch.testing.assert_close(model.static_forward(ids, mask, types), model(ids, mask, types).logits[:, -1])
+        torch.testing.assert_close(
+            model.static_forward(ids, mask, types), model(ids, mask, types).logits[:, -1]
+        )
 
 
 def test_threshold_one_never_exits_early_and_lowest_always_exits_first():
