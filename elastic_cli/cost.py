@@ -21,6 +21,10 @@ elementwise operation that we count. With n tokens, hidden h, intermediate f, a 
                     4 w^2 + 2 w            the [CLS] query and output projections
                     2 w^2 + 2 w + (2 w + 1) C   Linear(w -> w) + tanh, classifier
     LTE module      2 p + 1 per head       BERxiT's Linear(pooled -> 1) + sigmoid
+    DeBERTa         per disentangled term (c2p, p2c), with span s of relative positions:
+                    4 s h^2    the relative embeddings' projection (2 s rows; counted per example,
+                               as at batch 1: in a batch it is shared)
+                    4 n s h + 2 a n^2   scores against them, then scaling and adding them in
 Mean pooling (n h additions) and the final softmax are not counted: both are under 0.01% of one layer.
 
 Cross-check against AdapLeR's fitted BERT-base formula (METHODS.md section 5),
@@ -58,10 +62,13 @@ class EncoderDims:
     fastbert_width: int = 0  # > 0: FastBERT's student head of this width instead of pooler + classifier
     fastbert_attention_heads: int = 2
     lte: bool = False  # BERxiT's learning-to-exit module runs beside every head
+    relative_span: int = 0  # DeBERTa: relative positions attended to (pos_ebd_size); 0 for the others
+    relative_terms: int = 0  # DeBERTa: disentangled terms (c2p, p2c)
 
     @classmethod
     def of(cls, adapter: Any, num_labels: int, head_pooler: bool = True) -> EncoderDims:
         """Read the dimensions from a backbone adapter (num_layers, hidden_size, intermediate_size, num_heads)."""
+        span, terms = _relative_attention(getattr(adapter, "hf_config", None))
         return cls(
             num_layers=int(adapter.num_layers),
             hidden=int(adapter.hidden_size),
@@ -69,7 +76,22 @@ class EncoderDims:
             heads=int(adapter.num_heads),
             num_labels=int(num_labels),
             head_pooler=head_pooler,
+            relative_span=span,
+            relative_terms=terms,
         )
+
+
+def _relative_attention(config: Any) -> tuple[int, int]:
+    """DeBERTa-v2/v3's disentangled attention: (span of relative positions, number of terms)."""
+    if config is None or getattr(config, "model_type", "") != "deberta-v2" or not config.relative_attention:
+        return 0, 0
+    buckets = getattr(config, "position_buckets", -1)
+    max_relative = getattr(config, "max_relative_positions", -1)
+    if max_relative < 1:
+        max_relative = config.max_position_embeddings
+    span = buckets if buckets > 0 else max_relative
+    terms = sum(term in (config.pos_att_type or []) for term in ("c2p", "p2c"))
+    return int(span), int(terms)
 
 
 def _tokens(n_tokens: np.ndarray | float) -> np.ndarray:
@@ -83,7 +105,8 @@ def layer_matmul_flops(n_tokens: np.ndarray, d: EncoderDims) -> np.ndarray:
     """The matrix-product FLOPs (2 x MACs) of one encoder layer at n tokens."""
     n = _tokens(n_tokens)
     h, f = d.hidden, d.intermediate
-    return 8.0 * n * h * h + 4.0 * n * h * f + 4.0 * n * n * h
+    relative = d.relative_terms * (4.0 * d.relative_span * h * h + 4.0 * n * d.relative_span * h)
+    return 8.0 * n * h * h + 4.0 * n * h * f + 4.0 * n * n * h + relative
 
 
 def layer_elementwise_flops(n_tokens: np.ndarray, d: EncoderDims) -> np.ndarray:
@@ -91,7 +114,8 @@ def layer_elementwise_flops(n_tokens: np.ndarray, d: EncoderDims) -> np.ndarray:
     n = _tokens(n_tokens)
     h, f = d.hidden, d.intermediate
     per_token = (5 * h + f) + 2 * h + 2 * _LAYERNORM_OPS * h + _GELU_OPS * f
-    return float(_ATTN_SCORE_OPS * d.heads) * n * n + float(per_token) * n
+    score_ops = _ATTN_SCORE_OPS + 2 * d.relative_terms  # DeBERTa scales and adds each disentangled term
+    return float(score_ops * d.heads) * n * n + float(per_token) * n
 
 
 def layer_flops(n_tokens: np.ndarray, d: EncoderDims) -> np.ndarray:

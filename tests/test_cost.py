@@ -137,3 +137,24 @@ def test_dims_of_adapter():
     adapter = SimpleNamespace(num_layers=6, hidden_size=384, intermediate_size=1536, num_heads=12)
     dims = EncoderDims.of(adapter, num_labels=2, head_pooler=False)
     assert dims == EncoderDims(6, 384, 1536, 12, 2, head_pooler=False)
+
+
+def test_deberta_disentangled_attention_matches_torchs_flop_counter():
+    from tiny_models import tiny_hf_model
+
+    from elastic_cli.models.adapters import make_adapter
+
+    model = tiny_hf_model("deberta", "eager", num_layers=2)
+    adapter = make_adapter("deberta", model)
+    d = EncoderDims.of(adapter, num_labels=2)
+    assert d.relative_terms == 2 and d.relative_span > 0
+    n = 9
+    ids = torch.randint(5, 90, (1, n))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    # the base model is embeddings + layers: every matmul is a layer's
+    assert counter.get_total_flops() == d.num_layers * layer_matmul_flops(np.array([n]), d)[0]
+    plain = EncoderDims(
+        num_layers=2, hidden=d.hidden, intermediate=d.intermediate, heads=d.heads, num_labels=2
+    )
+    assert layer_flops(np.array([n]), d)[0] > layer_flops(np.array([n]), plain)[0]

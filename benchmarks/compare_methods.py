@@ -1,0 +1,85 @@
+"""The comparison table of benchmarks/compare_methods.sh, read back from its MLflow store.
+
+For each method (its latest evaluate run): full-depth accuracy (the last exit alone), each exit's
+accuracy, the accuracy and speed-ups at the calibrated threshold, and the best accuracy reached at
+>= 2x and >= 3x layer speed-up on the evaluation threshold curve (the curve is the same cached
+all-exits pass, priced at every threshold of the rule's grid).
+
+    python benchmarks/compare_methods.py OUTDIR [--split validation]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+
+def accuracy_at(curve: pd.DataFrame, speedup: float) -> float:
+    """Best accuracy among thresholds whose layer speed-up is at least `speedup` (NaN if none)."""
+    fast = curve[curve["layer_speedup"] >= speedup - 1e-9]
+    return float(fast["score"].max()) if len(fast) else float("nan")
+
+
+def markdown(df: pd.DataFrame, digits: int = 4) -> str:
+    """A markdown table (pandas' to_markdown needs the optional tabulate package)."""
+
+    def cell(v: object) -> str:
+        return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("outdir", type=Path)
+    p.add_argument("--split", default="validation")
+    p.add_argument("--experiment", default="sst2")
+    a = p.parse_args()
+    mlflow.set_tracking_uri(f"sqlite:///{(a.outdir / 'mlflow.db').resolve()}")
+    client = MlflowClient()
+    runs = mlflow.search_runs(experiment_names=[a.experiment], order_by=["start_time DESC"])
+    runs = runs[(runs["tags.elastic.stage"] == "evaluate") & (runs["status"] == "FINISHED")]
+    trains = mlflow.search_runs(experiment_names=[a.experiment])
+    trains = trains[trains["tags.elastic.stage"] == "train"]
+    rows, exit_rows = [], []
+    for method, group in runs.groupby("tags.elastic.method", sort=False):
+        run = group.iloc[0]
+        local = Path(client.download_artifacts(run["run_id"], f"{a.split}/threshold_curve.csv"))
+        curve = pd.read_csv(local)
+        exits = sorted(
+            (int(c.rsplit("_L", 1)[1]), run[c])
+            for c in run.index
+            if c.startswith(f"metrics.{a.split}/exit_accuracy_L")
+        )
+        train = trains[trains["tags.elastic.method"] == method]
+        rows.append(
+            {
+                "method": method,
+                "rule": run.get("params.method.exit.name"),
+                "full depth": exits[-1][1],
+                "calibrated: acc": run[f"metrics.{a.split}/accuracy"],
+                "layer x": run[f"metrics.{a.split}/layer_speedup"],
+                "FLOPs x": run[f"metrics.{a.split}/flops_speedup"],
+                "acc @2x": accuracy_at(curve, 2.0),
+                "acc @3x": accuracy_at(curve, 3.0),
+                "latency x (b=1 p50)": run.get("metrics.latency_speedup_p50"),
+                "train min": float(train["metrics.train_seconds"].iloc[0]) / 60
+                if len(train)
+                else float("nan"),
+            }
+        )
+        exit_rows.append({"method": method, **{f"L{layer}": acc for layer, acc in exits}})
+    table = pd.DataFrame(rows)
+    print(markdown(table))
+    print()
+    print(markdown(pd.DataFrame(exit_rows), digits=3))
+
+
+if __name__ == "__main__":
+    main()
