@@ -29,6 +29,8 @@ from elastic_cli.models.heads import HeadSpec
 from elastic_cli.models.loading import backbone_from_folder, save_backbone_files
 from elastic_cli.models.multi_exit import MultiExitModel
 
+# bumped whenever the weights' layout changes, so an old checkpoint fails with a message, not a traceback
+FORMAT = 2
 WEIGHTS = "model.safetensors"
 META = "meta.json"
 CALIBRATION = "calibration.json"
@@ -49,6 +51,7 @@ class CheckpointMeta:
     head: dict[str, Any] = field(default_factory=dict)  # HeadSpec fields
     lte: bool = False
     train_metrics: dict[str, Any] = field(default_factory=dict)
+    format: int = 1  # checkpoints written before the field existed are format 1
 
     def head_spec(self) -> HeadSpec:
         return HeadSpec(**{"pooling": self.pooling, **self.head})
@@ -104,7 +107,13 @@ def read_meta(folder: Path) -> CheckpointMeta:
             f"no checkpoint in {folder}: run `elastic train` with the same method/backbone/task/seed first, "
             "or point ckpt= at a checkpoint folder"
         )
-    return CheckpointMeta(**json.loads((folder / META).read_text()))
+    meta = CheckpointMeta(**json.loads((folder / META).read_text()))
+    if meta.format != FORMAT:
+        raise UserError(
+            f"the checkpoint in {folder} has format {meta.format}, this elastic reads format {FORMAT}: "
+            "re-run `elastic train` (or use the elastic version that wrote it)"
+        )
+    return meta
 
 
 def load(folder: Path, device: torch.device) -> tuple[MultiExitModel, Any, CheckpointMeta]:

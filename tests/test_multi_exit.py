@@ -131,6 +131,7 @@ def _meta(model) -> checkpoint.CheckpointMeta:
         label_names=["a", "b", "c"],
         pooling="cls",
         max_seq_length=32,
+        format=checkpoint.FORMAT,
     )
 
 
@@ -166,3 +167,20 @@ def test_failed_save_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch):
         checkpoint.save(folder, model, tok, OmegaConf.create({"v": 2}), _meta(model))
     assert (folder / checkpoint.WEIGHTS).read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary folder left behind
+
+
+def test_a_checkpoint_of_another_format_is_a_user_error(tmp_path):
+    import json
+
+    from omegaconf import OmegaConf
+
+    from elastic_cli.errors import UserError
+
+    model, tok = _model("bert")
+    folder = tmp_path / "ckpt"
+    checkpoint.save(folder, model, tok, OmegaConf.create({}), _meta(model))
+    meta = json.loads((folder / checkpoint.META).read_text())
+    meta.pop("format")
+    (folder / checkpoint.META).write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="re-run `elastic train`"):
+        checkpoint.load(folder, torch.device("cpu"))

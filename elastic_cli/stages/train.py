@@ -144,6 +144,7 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
             max_seq_length=cfg.task.max_seq_length,
             head={k: v for k, v in asdict(head).items() if k != "pooling"},
             lte=cfg.method.lte,
+            format=checkpoint.FORMAT,
             train_metrics={
                 "best_step": best.step,
                 "calibration_exit_scores": best.scores.tolist(),
