@@ -93,6 +93,7 @@ class MethodConfig:
     gradient_equilibrium: bool = False  # ElasticBERT: average, not sum, the exits' gradients per layer
     lte: bool = False  # BERxiT's learning-to-exit module
     lte_weight: float = 1.0  # weight of its MSE loss
+    head_dropout: float = 0.1  # dropout before every exit classifier (ELBERT: 0)
     exit: ExitRuleConfig = field(default_factory=ExitRuleConfig)
 
 
@@ -160,7 +161,7 @@ class CalibrateConfig:
     target: str = "accuracy_within"
     tolerance: float = 0.01
     speedup: float = 2.0
-    temperature: bool = True
+    temperature: bool | None = None  # fit per-exit temperatures; None: the exit rule's default (maxprob only)
     grid_size: int = 101
 
 

@@ -76,6 +76,10 @@ class ExitRule:
     larger_is_slower: ClassVar[bool] = True  # a larger threshold makes examples exit later
     regression: ClassVar[bool] = False  # applies to one-output (regression) exits
     needs_lte: ClassVar[bool] = False  # reads the learned-to-exit score (method.lte=true)
+    # calibrate fits per-exit temperatures for this rule by default (SWEET and Sledgehammer do, for
+    # max-prob); the entropy rules of DeeBERT, FastBERT, ElasticBERT and ELBERT read raw logits, so
+    # their thresholds stay on the papers' scale (calibrate.temperature=true turns scaling on anyway)
+    temperature_scaling: ClassVar[bool] = False
 
     def __init__(self, cfg: ExitRuleConfig) -> None:
         self.cfg = cfg
@@ -110,6 +114,7 @@ class MaxProb(ExitRule):
     """SWEET / Sledgehammer: exit at the first exit whose top softmax probability reaches tau."""
 
     name = "maxprob"
+    temperature_scaling = True
 
     def grid(self, num_classes: int, num_exits: int, size: int) -> torch.Tensor:
         # SWEET sweeps linspace(1/C, 1): 1/C exits everything at the first exit, 1 runs (nearly) all layers
@@ -316,8 +321,11 @@ def build_rule(cfg: ExitRuleConfig) -> ExitRule:
     return RULES[cfg.name](cfg)
 
 
-def check_applicable(rule: ExitRule, num_labels: int, has_lte: bool) -> None:
-    """Reject a rule that cannot work on this model (regression exits, no learned-to-exit module)."""
+def check_applicable(rule: ExitRule, num_labels: int, has_lte: bool, num_exits: int | None = None) -> None:
+    """Reject a rule that cannot work on this model (regression exits, no learned-to-exit module).
+    A single-exit model (the static baseline) never applies its rule: anything goes."""
+    if num_exits == 1:
+        return
     if num_labels == 1 and not rule.regression:
         usable = ", ".join(sorted(n for n, r in RULES.items() if r.regression))
         raise UserError(

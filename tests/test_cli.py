@@ -314,3 +314,5 @@ def test_regression_rejects_probability_rules(tmp_path: Path):
     args = [a for a in TINY if not a.startswith(("method=", "task="))]
     proc = elastic("train", "method=early_exit", "task=stsb", *args, f"task.data_dir={data}", cwd=tmp_path)
     _one_line_error(proc, "regression", "patience")
+    # the static baseline never applies its rule: it trains on a regression task as it is
+    ok(elastic("train", "method=static", "task=stsb", *args, f"task.data_dir={data}", cwd=tmp_path))

@@ -51,7 +51,7 @@ class Method:
         return loss
 
     def head_spec(self, backbone: BackboneConfig) -> HeadSpec:
-        return HeadSpec(kind=self.cfg.head, pooling=backbone.pooling)
+        return HeadSpec(kind=self.cfg.head, pooling=backbone.pooling, dropout=self.cfg.head_dropout)
 
 
 def build_method(cfg: MethodConfig) -> Method:

@@ -1,5 +1,9 @@
-"""early_exit: standard early exit, a classifier at every exit layer trained jointly on the sum of
-the exit losses (SWEET's "EE" baseline: the same as `sweet` without the stop-gradient)."""
+"""early_exit: standard early exit, a classifier (own pooler + linear) at every exit layer, trained
+jointly on the sum of the exit losses.
+
+SWEET's "EE" baseline is this with SWEET's exits and shared pooler, i.e. `sweet` without the
+stop-gradient: `method=early_exit method.head=shared_pooler method.exit_layers=[0.0833,0.3333,0.5,1.0]`.
+"""
 
 from elastic_cli.methods.base import Method, register
 

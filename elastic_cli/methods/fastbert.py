@@ -32,5 +32,6 @@ class FastBert(Method):
                 pooling=backbone.pooling,
                 width=cfg.head_hidden,
                 attention_heads=cfg.head_attention_heads,
+                dropout=cfg.head_dropout,
             )
         return super().head_spec(backbone)

@@ -30,7 +30,7 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
     folder = checkpoint.checkpoint_dir(cfg)
     meta = checkpoint.read_meta(folder)  # fails early, before a run is opened, when there is none
     rule = exits.build_rule(cfg.method.exit)
-    exits.check_applicable(rule, meta.num_labels, meta.lte)
+    exits.check_applicable(rule, meta.num_labels, meta.lte, len(meta.exit_layers))
 
     with tracking.stage_run(cfg, raw):
         model, tokenizer, meta = checkpoint.load(folder, device)
@@ -49,9 +49,10 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
         n_exits = len(meta.exit_layers)
         signals = cached.signals
         # temperatures rescale class probabilities: nothing to fit for a regression's single output
+        scale = rule.temperature_scaling if cfg.calibrate.temperature is None else cfg.calibrate.temperature
         temperatures = (
             calibration.fit_temperatures(signals.logits, torch.as_tensor(cached.labels))
-            if cfg.calibrate.temperature and meta.num_labels > 1
+            if scale and meta.num_labels > 1
             else torch.ones(n_exits)
         )
         grid = rule.grid(meta.num_labels, n_exits, cfg.calibrate.grid_size).tolist()

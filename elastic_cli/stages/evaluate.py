@@ -62,7 +62,7 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
     if meta.task != cfg.task.name:
         raise UserError(f"checkpoint {folder} was trained on {meta.task}, not task={cfg.task.name}")
     rule = exits.build_rule(cfg.method.exit)
-    exits.check_applicable(rule, meta.num_labels, meta.lte)
+    exits.check_applicable(rule, meta.num_labels, meta.lte, len(meta.exit_layers))
     threshold, temperatures, source = _operating_point(
         cfg, checkpoint.read_calibration(folder), meta.exit_layers
     )
@@ -72,7 +72,10 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
         pad_id = int(tokenizer.pad_token_id)
         dims = cost_dims(model)
         data = load_task_data(cfg.task, cfg.seed)
-        tracking.log_params({"threshold_source": source, "exit_threshold": threshold})
+        scaled = temperatures is not None and bool((temperatures != 1.0).any())
+        tracking.log_params(
+            {"threshold_source": source, "exit_threshold": threshold, "temperature_scaled": scaled}
+        )
         headline: dict[str, float] = {}
         for i, (split, examples) in enumerate(data.evals.items()):
             enc = encode(examples, tokenizer, meta.max_seq_length)

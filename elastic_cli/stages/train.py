@@ -22,6 +22,7 @@ from transformers import get_linear_schedule_with_warmup
 from elastic_cli import checkpoint, exits, tracking
 from elastic_cli.config import RootConfig, TrainStageConfig, parse_exit_layers
 from elastic_cli.data import Encoded, batches, encode, load_task_data
+from elastic_cli.errors import UserError
 from elastic_cli.methods import Method, build_method
 from elastic_cli.methods.objectives import DynamicWeights, Objective
 from elastic_cli.models.loading import build_backbone
@@ -90,7 +91,8 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
     device = setup_device(cfg.device)
     method = build_method(cfg.method)
     rule = exits.build_rule(cfg.method.exit)
-    exits.check_applicable(rule, cfg.task.num_labels, cfg.method.lte)
+    single_exit = cfg.method.exit_layers == "last"  # the static baseline never applies its rule
+    exits.check_applicable(rule, cfg.task.num_labels, cfg.method.lte, 1 if single_exit else None)
     folder = checkpoint.checkpoint_dir(cfg)
 
     with tracking.stage_run(cfg, raw):
@@ -189,7 +191,13 @@ def _train_stage(
     final_only = stage.objective == "final_only"
     label = f"train stage {s + 1} ({stage.objective})" if len(method.stages()) > 1 else "train"
     done, epoch = 0, 0
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    # ELBERT's exit weights are clipped with the model's parameters, as ELBERT clips them
+    trainable = [p for p in model.parameters() if p.requires_grad] + list(objective.parameters())
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UserError(
+            f"training stage {s + 1} ({stage.objective}, {stage.trainable}) has nothing to train: "
+            "this model has no exit heads of its own before the last (use more exits or method.head=pooler)"
+        )
     with progress() as bar:
         task = bar.add_task(label, total=total, info="")
         while done < total:
