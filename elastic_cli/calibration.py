@@ -20,7 +20,7 @@ import torch
 from scipy.optimize import minimize_scalar
 
 from elastic_cli import exits
-from elastic_cli.cost import EncoderDims, example_flops, static_flops
+from elastic_cli.cost import EncoderDims, ExitCosts
 from elastic_cli.errors import UserError
 from elastic_cli.exits import ExitRule, ExitSignals
 from elastic_cli.metrics import pearson
@@ -28,7 +28,7 @@ from elastic_cli.metrics import pearson
 # T is searched in [1/100, 100]: far outside what a trained classifier needs, and it keeps the fit finite
 # when the NLL keeps falling (perfectly separated calibration data)
 _LOG_T_BOUND = float(np.log(100.0))
-TARGETS = ("accuracy_within", "speedup")
+TARGETS = ("accuracy_within", "speedup", "super_fraction")
 _MAX_DECISIONS = 1 << 24  # booleans held at once when all thresholds are decided together
 
 
@@ -100,12 +100,18 @@ def threshold_curve(
     temperatures: torch.Tensor | None,
     n_tokens: np.ndarray | None = None,
     dims: EncoderDims | None = None,
+    *,
+    costs: ExitCosts | None = None,
+    exit_names: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """One row per threshold: score (accuracy; Pearson's r for a regression), mean exit layer, speed-ups
-    and the fraction exiting at each exit.
+    """One row per threshold: score (accuracy; Pearson's r for a regression), mean exit layer, speed-ups,
+    the fraction exiting at each exit (`exit_frac_<name>`) and the fraction reaching the last exit
+    (`super_fraction`: a cascade's super model).
 
     exit_layers[e] is the 1-indexed layer of exit e: an example leaving at exit e ran exit_layers[e]
-    layers and evaluated e + 1 heads. flops_speedup (and gflops_per_example) need n_tokens and dims.
+    layers and evaluated e + 1 heads. flops_speedup (and gflops_per_example) need n_tokens and dims, or
+    `costs`, which prices the exits of any model shape (a cascade's) and then also sets the layers.
+    exit_names label the exits (default L<layer>).
     """
     logits = signals.logits
     n, e, c = logits.shape
@@ -121,7 +127,17 @@ def threshold_curve(
         raise ValueError("flops_speedup needs both n_tokens and dims (or neither)")
     if n == 0:
         raise ValueError("threshold_curve needs at least one example")
-    num_layers = dims.num_layers if dims is not None else int(layers[-1])
+    if costs is None and dims is not None and n_tokens is not None:
+        tokens = np.asarray(n_tokens, dtype=np.float64)
+        if tokens.shape != (n,):
+            raise ValueError(f"n_tokens must have one entry per example ({n}), got shape {tokens.shape}")
+        costs = ExitCosts.multi_exit(tokens, layers.numpy(), dims)
+    if costs is not None:
+        if costs.exit_flops.shape != (n, e):
+            raise ValueError(f"costs are for {costs.exit_flops.shape} examples x exits, not {(n, e)}")
+        layers = torch.as_tensor(costs.exit_layers, dtype=torch.long)
+    num_layers = costs.reference_layers if costs is not None else int(layers[-1])
+    names = [f"L{int(k)}" for k in exit_layers] if exit_names is None else list(exit_names)
 
     idx = exit_indices(rule, signals, thresholds, temperatures)  # [T, N]
     rows = torch.arange(n).unsqueeze(0)
@@ -145,20 +161,13 @@ def threshold_curve(
             "layer_speedup": num_layers / mean_layer.numpy(),
         }
     )
-    if dims is not None and n_tokens is not None:
-        tokens = np.asarray(n_tokens, dtype=np.float64)
-        if tokens.shape != (n,):
-            raise ValueError(f"n_tokens must have one entry per example ({n}), got shape {tokens.shape}")
-        # FLOPs of every example at every exit, [N, E]; a threshold picks one column per example
-        per_exit = np.stack(
-            [example_flops(tokens, np.full(n, int(layers[j])), np.full(n, j + 1), dims) for j in range(e)],
-            axis=1,
-        )
-        adaptive = torch.from_numpy(per_exit)[rows, idx].sum(dim=1).numpy()
-        curve["flops_speedup"] = static_flops(tokens, dims).sum() / adaptive
+    if costs is not None:
+        adaptive = torch.from_numpy(costs.exit_flops)[rows, idx].sum(dim=1).numpy()
+        curve["flops_speedup"] = costs.reference_flops.sum() / adaptive
         curve["gflops_per_example"] = adaptive / n / 1e9
     for j in range(e):
-        curve[f"exit_frac_L{int(layers[j])}"] = exit_frac[:, j].numpy()
+        curve[f"exit_frac_{names[j]}"] = exit_frac[:, j].numpy()
+    curve["super_fraction"] = exit_frac[:, -1].numpy()
     if c > 1:
         curve.insert(1, "accuracy", curve["score"])
     return curve
@@ -171,6 +180,7 @@ def choose_threshold(
     reference_accuracy: float,
     tolerance: float = 0.01,
     speedup: float = 2.0,
+    super_fraction: float = 0.25,
     larger_is_slower: bool = True,
     speed_column: str = "layer_speedup",
     score_column: str = "accuracy",
@@ -180,6 +190,8 @@ def choose_threshold(
     accuracy_within: the fastest row whose accuracy >= reference_accuracy - tolerance (absolute; 0.01 = 1
         point), ties to the more accurate. If none qualifies: the most accurate row.
     speedup: the most accurate row whose speed-up >= `speedup`, ties to the faster. If none: the fastest.
+    super_fraction: the most accurate row sending at most `super_fraction` of the examples to the last exit
+        (column `super_fraction`), ties to the faster. If none: the fastest.
     Rows equal in speed and accuracy are a plateau of thresholds; the pick is its edge on the safe side
     for the target (the slower edge for accuracy_within, the faster for speedup), using larger_is_slower.
     """
@@ -193,7 +205,10 @@ def choose_threshold(
         meets = curve[score_column] >= reference_accuracy - tolerance - eps
         order = [speed_column, score_column] if meets.any() else [score_column, speed_column]
     else:
-        meets = curve[speed_column] >= speedup - eps
+        if target == "speedup":
+            meets = curve[speed_column] >= speedup - eps
+        else:
+            meets = curve["super_fraction"] <= super_fraction + eps
         order = [score_column, speed_column] if meets.any() else [speed_column, score_column]
     candidates = curve[meets] if meets.any() else curve
     ranked = candidates.sort_values(

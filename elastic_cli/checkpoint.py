@@ -148,3 +148,67 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 def read_calibration(folder: Path) -> dict[str, Any] | None:
     path = folder / CALIBRATION
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+# ---------------------------------------------------------------- cascades of separate models
+
+CASCADE = "cascade.json"
+
+
+@dataclass
+class CascadeMeta:
+    """A cascade's folder: cascade.json lists its models, smallest first. A model trained with the cascade
+    lives in members/<name>/ (a checkpoint folder as above); a reused one is referenced where it is."""
+
+    method: str
+    task: str
+    seed: int
+    num_labels: int
+    label_names: list[str]
+    # one entry per model: name, folder (relative to the cascade's folder when inside it), weights
+    members: list[dict[str, str]]
+    format: int = FORMAT
+
+
+def is_cascade(folder: Path) -> bool:
+    return (folder / CASCADE).is_file()
+
+
+def member_folder(folder: Path, entry: dict[str, str]) -> Path:
+    path = Path(entry["folder"]).expanduser()
+    return path if path.is_absolute() else folder / path
+
+
+def save_cascade(folder: Path, tmp: Path, raw_cfg: DictConfig, meta: CascadeMeta) -> None:
+    """Finish the cascade written into `tmp` (its members/ already saved there) and swap it in."""
+    try:
+        OmegaConf.save(raw_cfg, tmp / "config.yaml", resolve=True)
+        (tmp / CASCADE).write_text(json.dumps(asdict(meta), indent=2))
+        _swap_in(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def cascade_workdir(folder: Path) -> Path:
+    """A fresh temporary folder beside `folder` to build a cascade in (removed if training fails)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+
+
+def read_cascade_meta(folder: Path) -> CascadeMeta:
+    meta = CascadeMeta(**json.loads((folder / CASCADE).read_text()))
+    if meta.format != FORMAT:
+        raise UserError(
+            f"the cascade in {folder} has format {meta.format}, this elastic reads format {FORMAT}: "
+            "re-run `elastic train`"
+        )
+    for entry in meta.members:
+        member = member_folder(folder, entry)
+        read_meta(member)
+        if weights_fingerprint(member) != entry["weights"]:
+            raise UserError(
+                f"the {entry['name']} model of the cascade in {folder} ({member}) was rewritten after the "
+                "cascade was assembled: re-run `elastic train` for the cascade"
+            )
+    return meta

@@ -107,13 +107,18 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 _EXIT_SHORTHAND = re.compile(r"^method\.exit=([A-Za-z_][A-Za-z0-9_]*)$")
+_SWIFT_SHORTHAND = re.compile(r"^method\.swift=([A-Za-z0-9_][A-Za-z0-9_.-]*)$")
 
 
 def _exit_group_shorthand(arg: str) -> str:
     """`method.exit=patience` means the nested config group `method/exit=patience`: the exit node
-    is a config, so a bare name can only mean one of its options."""
+    is a config, so a bare name can only mean one of its options. Likewise `method.swift=minilm-l6`
+    (E-LANG's swift model) picks a backbone config: `backbone@method.swift=minilm-l6`."""
     match = _EXIT_SHORTHAND.match(arg)
-    return f"method/exit={match.group(1)}" if match else arg
+    if match:
+        return f"method/exit={match.group(1)}"
+    match = _SWIFT_SHORTHAND.match(arg)
+    return f"backbone@method.swift={match.group(1)}" if match else arg
 
 
 def fail(err: BaseException) -> NoReturn:

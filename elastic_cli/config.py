@@ -71,6 +71,15 @@ class ElbertExitConfig(ExitRuleConfig):
 
 
 @dataclass
+class EnergyExitConfig(ExitRuleConfig):
+    """E-LANG's energy router: leave at a model when s = T logsumexp(z / T) >= threshold, else go on."""
+
+    name: str = "energy"
+    temperature: float = 1.0  # T (E-LANG's README default)
+    sweep: str = "0,1,2,3,4,5,6"
+
+
+@dataclass
 class TrainStageConfig:
     """One stage of a multi-stage method (DeeBERT, FastBERT)."""
 
@@ -108,6 +117,22 @@ class FastbertMethodConfig(MethodConfig):
     head_hidden: int = 128  # FastBERT's student classifier width
     head_attention_heads: int = 2
     distil_temperature: float = 1.0
+
+
+@dataclass
+class ElangMethodConfig(MethodConfig):
+    """E-LANG: a swift model (this backbone) in front of the super model (the `backbone` group)."""
+
+    swift: BackboneConfig = field(default_factory=BackboneConfig)
+    swift_ckpt: str | None = None  # reuse a trained single-exit (static) checkpoint as the swift model
+    super_ckpt: str | None = None  # ... or as the super model
+
+
+@dataclass
+class MultiModelMethodConfig(MethodConfig):
+    """SWEET's multi-model baseline: one model per exit layer, the backbone's first k layers each."""
+
+    member_ckpts: dict[str, str] = field(default_factory=dict)  # reuse: {"L4": folder, ...}
 
 
 @dataclass
@@ -157,10 +182,13 @@ class TrainConfig:
 @dataclass
 class CalibrateConfig:
     # accuracy_within: fastest threshold whose accuracy is within `tolerance` (absolute) of the final exit
-    # speedup: most accurate threshold whose layer speed-up is at least `speedup`
+    # speedup: most accurate threshold whose speed-up is at least `speedup` (layers; FLOPs for a cascade)
+    # super_fraction: most accurate threshold sending at most `super_fraction` of the examples to the last
+    #   exit (a cascade's super model)
     target: str = "accuracy_within"
     tolerance: float = 0.01
     speedup: float = 2.0
+    super_fraction: float = 0.25
     temperature: bool | None = None  # fit per-exit temperatures; None: the exit rule's default (maxprob only)
     grid_size: int = 101
 
@@ -205,6 +233,8 @@ def register_configs() -> None:
     cs.store(group="schema/method", name="base", node=MethodConfig, package="method")
     cs.store(group="schema/method", name="elbert", node=ElbertMethodConfig, package="method")
     cs.store(group="schema/method", name="fastbert", node=FastbertMethodConfig, package="method")
+    cs.store(group="schema/method", name="elang", node=ElangMethodConfig, package="method")
+    cs.store(group="schema/method", name="multi_model", node=MultiModelMethodConfig, package="method")
     for name, node in EXIT_SCHEMAS.items():
         cs.store(group="schema/exit", name=name, node=node)
     cs.store(group="schema/backbone", name="base", node=BackboneConfig, package="backbone")
@@ -216,6 +246,7 @@ EXIT_SCHEMAS: dict[str, type[ExitRuleConfig]] = {
     "base": ExitRuleConfig,
     "patience": PatienceExitConfig,
     "elbert": ElbertExitConfig,
+    "energy": EnergyExitConfig,
 }
 
 KNOWN = {
@@ -225,7 +256,7 @@ KNOWN = {
     "task.metric": ("accuracy", "f1", "matthews", "pearson_spearman"),
     "device.name": ("cpu", "cuda", "mps"),
     "device.dtype": ("float32", "float16", "bfloat16"),
-    "calibrate.target": ("accuracy_within", "speedup"),
+    "calibrate.target": ("accuracy_within", "speedup", "super_fraction"),
 }
 
 
@@ -266,6 +297,8 @@ def validate(cfg: RootConfig) -> None:
         raise UserError("batch sizes must be at least 1")
     if cfg.calibrate.tolerance < 0:
         raise UserError("calibrate.tolerance must be >= 0")
+    if not 0.0 <= cfg.calibrate.super_fraction <= 1.0:
+        raise UserError(f"calibrate.super_fraction={cfg.calibrate.super_fraction} must be in [0, 1]")
 
 
 def parse_exit_layers(spec: Any, num_layers: int) -> list[int]:

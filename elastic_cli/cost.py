@@ -229,3 +229,61 @@ def speedups(
         "static_gflops_per_example": float(np.mean(static)) / 1e9,
         "adaptive_gflops_per_example": float(np.mean(adaptive)) / 1e9,
     }
+
+
+@dataclass(frozen=True)
+class ExitCosts:
+    """What every example costs if it leaves at each exit, beside what the reference model costs.
+
+    One shape for both kinds of adaptive model: the exits of one multi-exit model (leaving at exit e runs
+    the layers up to it and e + 1 heads) and the members of a cascade (leaving at model j runs models
+    0..j in full, nothing reused, each at its own token count). The reference is the static model: the
+    full backbone, or a cascade's last (super) model alone.
+    """
+
+    exit_flops: np.ndarray  # [N, E] FLOPs of example n leaving at exit e
+    reference_flops: np.ndarray  # [N]
+    exit_layers: np.ndarray  # [E] layers run when leaving at exit e (summed over a cascade's models)
+    reference_layers: int
+
+    @classmethod
+    def multi_exit(
+        cls, n_tokens: np.ndarray, exit_layers: list[int] | np.ndarray, d: EncoderDims
+    ) -> ExitCosts:
+        tokens = _tokens(n_tokens)
+        n = tokens.shape[0]
+        layers = np.asarray(exit_layers, dtype=np.int64)
+        flops = (
+            np.stack(
+                [
+                    example_flops(tokens, np.full(n, int(k)), np.full(n, j + 1), d)
+                    for j, k in enumerate(layers)
+                ],
+                axis=1,
+            )
+            if len(layers)
+            else np.zeros((n, 0))
+        )
+        return cls(flops, static_flops(tokens, d), layers, d.num_layers)
+
+    @classmethod
+    def cascade(cls, n_tokens: list[np.ndarray], dims: list[EncoderDims]) -> ExitCosts:
+        """Members smallest first; n_tokens[j] are example lengths under member j's own tokenizer."""
+        if len(n_tokens) != len(dims) or not dims:
+            raise ValueError("a cascade needs one token-count array per member")
+        own = np.stack([static_flops(t, d) for t, d in zip(n_tokens, dims, strict=True)], axis=1)
+        layers = np.cumsum([d.num_layers for d in dims])
+        return cls(np.cumsum(own, axis=1), own[:, -1], layers, dims[-1].num_layers)
+
+    def at(self, exit_index: np.ndarray) -> dict[str, float]:
+        """Speed-ups when example n leaves at exit_index[n] (ratio of totals for FLOPs)."""
+        idx = np.asarray(exit_index, dtype=np.int64)
+        adaptive = self.exit_flops[np.arange(idx.shape[0]), idx]
+        mean_layers = float(self.exit_layers[idx].mean())
+        return {
+            "flops_speedup": ratio_of_totals(self.reference_flops, adaptive),
+            "layer_speedup": self.reference_layers / mean_layers if mean_layers > 0 else float("inf"),
+            "mean_layers": mean_layers,
+            "static_gflops_per_example": float(np.mean(self.reference_flops)) / 1e9,
+            "adaptive_gflops_per_example": float(np.mean(adaptive)) / 1e9,
+        }

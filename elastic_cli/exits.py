@@ -20,7 +20,7 @@ from typing import ClassVar, TypeVar
 
 import torch
 
-from elastic_cli.config import ElbertExitConfig, ExitRuleConfig, PatienceExitConfig
+from elastic_cli.config import ElbertExitConfig, EnergyExitConfig, ExitRuleConfig, PatienceExitConfig
 from elastic_cli.errors import UserError
 
 
@@ -84,8 +84,11 @@ class ExitRule:
     def __init__(self, cfg: ExitRuleConfig) -> None:
         self.cfg = cfg
 
-    def grid(self, num_classes: int, num_exits: int, size: int) -> torch.Tensor:
-        """Thresholds for calibration and the evaluation curve (float64, ascending)."""
+    def grid(
+        self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
+    ) -> torch.Tensor:
+        """Thresholds for calibration and the evaluation curve (float64, ascending). `signals` (the scaled
+        outputs the rule will decide on) lets a rule without a fixed scale place its grid on the data."""
         lo, hi = self.threshold_range
         return torch.linspace(lo, hi, size, dtype=torch.float64)
 
@@ -116,7 +119,9 @@ class MaxProb(ExitRule):
     name = "maxprob"
     temperature_scaling = True
 
-    def grid(self, num_classes: int, num_exits: int, size: int) -> torch.Tensor:
+    def grid(
+        self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
+    ) -> torch.Tensor:
         # SWEET sweeps linspace(1/C, 1): 1/C exits everything at the first exit, 1 runs (nearly) all layers
         return torch.linspace(1.0 / num_classes, 1.0, size, dtype=torch.float64)
 
@@ -165,7 +170,9 @@ class Entropy(ExitRule):
     threshold_range = (0.0, 20.0)
     larger_is_slower = False
 
-    def grid(self, num_classes: int, num_exits: int, size: int) -> torch.Tensor:
+    def grid(
+        self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
+    ) -> torch.Tensor:
         return torch.linspace(0.0, math.log(max(num_classes, 2)), size, dtype=torch.float64)
 
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
@@ -205,7 +212,9 @@ class Patience(ExitRule):
             raise UserError(f"method.exit.regression_threshold={settings.regression_threshold} must be >= 0")
         self.regression_threshold = settings.regression_threshold
 
-    def grid(self, num_classes: int, num_exits: int, size: int) -> torch.Tensor:
+    def grid(
+        self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
+    ) -> torch.Tensor:
         # every patience that can fire before the last exit, and E - 1 (which only the last exit can reach)
         return torch.arange(1, max(num_exits, 2), dtype=torch.float64)
 
@@ -305,7 +314,9 @@ class LearnedToExit(ExitRule):
     regression = True
     needs_lte = True
 
-    def grid(self, num_classes: int, num_exits: int, size: int) -> torch.Tensor:
+    def grid(
+        self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
+    ) -> torch.Tensor:
         # squared spacing: dense near 0, where confident examples' scores sit (BERxiT's default is 0.005)
         return torch.linspace(0.0, 1.0, size, dtype=torch.float64) ** 2
 
@@ -313,6 +324,45 @@ class LearnedToExit(ExitRule):
         if signals.lte is None:
             raise UserError(_NO_LTE.format(name=self.name))
         return signals.lte < _threshold(threshold, signals.lte)
+
+
+@register
+class Energy(ExitRule):
+    """E-LANG's router (METHODS.md section 1): the negative free energy s = T logsumexp(z / T) of a model's
+    logits; the example stays with that model when s >= threshold and goes on to the next (the super model)
+    when s < threshold. High s means confident, in-distribution logits. Its scale is the logits' (E-LANG's
+    TinyBERT on SST-2: t = 1.31), so calibration places its grid on the quantiles of s."""
+
+    name = "energy"
+    schema = EnergyExitConfig
+    threshold_range = (-1e6, 1e6)
+
+    def __init__(self, cfg: ExitRuleConfig) -> None:
+        super().__init__(cfg)
+        settings = _settings(cfg, EnergyExitConfig)
+        if not settings.temperature > 0:
+            raise UserError(f"method.exit.temperature={settings.temperature} must be > 0")
+        self.temperature = float(settings.temperature)
+
+    def score(self, logits: torch.Tensor) -> torch.Tensor:
+        t = self.temperature
+        return t * torch.logsumexp(logits / t, dim=-1)
+
+    def grid(
+        self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
+    ) -> torch.Tensor:
+        if signals is None or signals.num_exits < 2 or signals.logits.shape[0] == 0:
+            return torch.linspace(0.0, 10.0, size, dtype=torch.float64)
+        # quantiles of the scores where a decision is made (every exit but the last), and one point above
+        # them all: from "every example stays at the first model" to "every example goes on"
+        s = self.score(signals.logits[:, :-1].double()).flatten()
+        q = torch.quantile(s, torch.linspace(0.0, 1.0, max(size - 1, 1), dtype=torch.float64))
+        top = s.max() + 1e-6 * (1.0 + s.max().abs())
+        return torch.unique(torch.cat([q, top.view(1)]))
+
+    def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
+        s = self.score(signals.logits)
+        return s >= _threshold(threshold, s)
 
 
 def build_rule(cfg: ExitRuleConfig) -> ExitRule:

@@ -296,7 +296,7 @@ def test_build_rule_refuses_an_unknown_name():
 
 
 def test_registry():
-    assert set(exits.RULES) == {"maxprob", "entropy", "norm_entropy", "patience", "elbert", "lte"}
+    assert set(exits.RULES) == {"maxprob", "entropy", "norm_entropy", "patience", "elbert", "lte", "energy"}
     assert {n for n, r in exits.RULES.items() if r.regression} == {"patience", "lte"}
     assert {n for n, r in exits.RULES.items() if r.needs_lte} == {"lte"}
 

@@ -5,13 +5,15 @@ from elastic_cli.methods import (  # noqa: F401  (importing registers them)
     berxit,
     deebert,
     early_exit,
+    elang,
     elasticbert,
     elbert,
     fastbert,
+    multi_model,
     pabee,
     static,
     sweet,
 )
-from elastic_cli.methods.base import METHODS, Method, build_method
+from elastic_cli.methods.base import METHODS, CascadeMemberSpec, CascadeMethod, Method, build_method
 
-__all__ = ["METHODS", "Method", "build_method"]
+__all__ = ["METHODS", "CascadeMemberSpec", "CascadeMethod", "Method", "build_method"]

@@ -2,17 +2,20 @@
 
 A method is its config (the schema of conf/method/<name>.yaml, a dataclass in elastic_cli/config.py),
 its training stages and objectives (elastic_cli/methods/objectives.py), its exit heads, and its
-default exit rule (conf/method/exit/). Every method so far shapes one multi-exit model; any exit
-rule can be combined with any objective (`method/exit=patience`).
+default exit rule (conf/method/exit/). A method shapes one multi-exit model, or (a `CascadeMethod`) a
+chain of separately trained single-exit models; any exit rule can be combined with any objective
+(`method/exit=patience`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
-from elastic_cli.config import BackboneConfig, MethodConfig, TrainStageConfig
+from elastic_cli.config import BackboneConfig, MethodConfig, RootConfig, TrainStageConfig
 from elastic_cli.errors import UserError
 from elastic_cli.exits import ExitSignals
 from elastic_cli.methods.objectives import OBJECTIVES, Objective, lte_loss
@@ -52,6 +55,36 @@ class Method:
 
     def head_spec(self, backbone: BackboneConfig) -> HeadSpec:
         return HeadSpec(kind=self.cfg.head, pooling=backbone.pooling, dropout=self.cfg.head_dropout)
+
+
+@dataclass
+class CascadeMemberSpec:
+    """One model of a cascade, as training needs it."""
+
+    name: str  # its label in metrics and its folder under members/
+    backbone: BackboneConfig
+    layers: int | None = None  # keep only the backbone's first `layers` layers (None: all)
+    ckpt: str | None = None  # reuse this trained single-exit checkpoint instead of training
+
+
+class CascadeMethod(Method):
+    """A chain of separately trained single-exit models, smallest first (models/cascade.py). Each member is
+    fine-tuned like the static baseline: final classifier only, the method's head and head dropout."""
+
+    def members(self, cfg: RootConfig, depth: Callable[[], int]) -> list[CascadeMemberSpec]:
+        """The models, smallest first; `depth()` gives the layer count of cfg.backbone."""
+        raise NotImplementedError
+
+    def member_method(self) -> Method:
+        return Method(
+            MethodConfig(
+                name="static",
+                exit_layers="last",
+                head=self.cfg.head,
+                objective="final_only",
+                head_dropout=self.cfg.head_dropout,
+            )
+        )
 
 
 def build_method(cfg: MethodConfig) -> Method:

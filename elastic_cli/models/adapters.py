@@ -115,6 +115,25 @@ class BackboneAdapter(nn.Module, ABC):
         """Family extras other than the mask, compacted to `rows` and trimmed to `length`."""
         return {}
 
+    def truncate(self, num_layers: int) -> None:
+        """Keep the first `num_layers` layers (SWEET's multi-model members); the config saved with the
+        checkpoint says so, so the truncated model is rebuilt as such."""
+        if not 1 <= num_layers <= self.num_layers:
+            raise UserError(f"cannot keep {num_layers} layers of a {self.num_layers}-layer backbone")
+        if getattr(self.hf_config, "num_hidden_groups", 1) > 1:
+            # ALBERT maps layer i to group i / (layers / groups): fewer layers would change that map
+            raise UserError("an ALBERT backbone with several layer groups cannot be truncated")
+        layers = self._layer_list()
+        if layers is not None:
+            del layers[num_layers:]
+        self.hf_config.num_hidden_layers = num_layers
+        self.num_layers = num_layers
+
+    def _layer_list(self) -> nn.ModuleList | None:
+        """The per-layer modules (None when layers are shared, as ALBERT's groups are)."""
+        encoder = getattr(self.model, "encoder", None) or getattr(self.model, "transformer", None)
+        return getattr(encoder, "layer", None)
+
     def pretrained_pooler(self) -> nn.Module | None:
         """The backbone's pretrained pooler (dense + tanh on the first token), if it has one."""
         return self.model.pooler if self.has_pretrained_pooler else None

@@ -15,16 +15,14 @@ from rich.table import Table
 
 from elastic_cli import calibration, checkpoint, exits, plots, timing, tracking
 from elastic_cli.config import RootConfig
-from elastic_cli.cost import EncoderDims, speedups
-from elastic_cli.data import Batch, Encoded, batches, encode, load_task_data
+from elastic_cli.cost import ExitCosts
+from elastic_cli.data import load_task_data
 from elastic_cli.errors import UserError
 from elastic_cli.metrics import compute_metrics, main_metric
-from elastic_cli.models.multi_exit import MultiExitModel
+from elastic_cli.stages import subjects
 from elastic_cli.stages.common import (
     CachedOutputs,
-    cached_outputs,
     console,
-    cost_dims,
     exit_scores,
     score_name,
     seed_everything,
@@ -33,11 +31,11 @@ from elastic_cli.stages.common import (
 
 
 def _operating_point(
-    cfg: RootConfig, calib: dict | None, exit_layers: list[int]
+    cfg: RootConfig, calib: dict | None, exit_names: list[str]
 ) -> tuple[float, torch.Tensor | None, str]:
     """The threshold and temperatures to evaluate, and where the threshold came from."""
     temperatures = None
-    if calib is not None and calib.get("exit_layers") == exit_layers:
+    if calib is not None and calib.get("exits") == exit_names:
         temperatures = torch.tensor(calib["temperatures"])
     if cfg.method.exit.threshold is not None:
         return float(cfg.method.exit.threshold), temperatures, "config"
@@ -58,19 +56,16 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
     seed_everything(cfg.seed)
     device = setup_device(cfg.device)
     folder = checkpoint.checkpoint_dir(cfg)
-    meta = checkpoint.read_meta(folder)
-    if meta.task != cfg.task.name:
-        raise UserError(f"checkpoint {folder} was trained on {meta.task}, not task={cfg.task.name}")
+    info = subjects.describe(folder)
+    subjects.check_task(folder, info, cfg.task.name)
     rule = exits.build_rule(cfg.method.exit)
-    exits.check_applicable(rule, meta.num_labels, meta.lte, len(meta.exit_layers))
-    threshold, temperatures, source = _operating_point(
-        cfg, checkpoint.read_calibration(folder), meta.exit_layers
-    )
+    exits.check_applicable(rule, info.num_labels, info.has_lte, info.num_exits)
 
     with tracking.stage_run(cfg, raw):
-        model, tokenizer, meta = checkpoint.load(folder, device)
-        pad_id = int(tokenizer.pad_token_id)
-        dims = cost_dims(model)
+        subject = subjects.open_subject(folder, device)
+        threshold, temperatures, source = _operating_point(
+            cfg, checkpoint.read_calibration(folder), subject.exit_names
+        )
         data = load_task_data(cfg.task, cfg.seed)
         scaled = temperatures is not None and bool((temperatures != 1.0).any())
         tracking.log_params(
@@ -78,13 +73,11 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
         )
         headline: dict[str, float] = {}
         for i, (split, examples) in enumerate(data.evals.items()):
-            enc = encode(examples, tokenizer, meta.max_seq_length)
-            cached = cached_outputs(
-                folder, checkpoint.weights_fingerprint(folder), split, model, enc, cfg, pad_id, device
-            )
-            result = _score_split(cfg, rule, threshold, temperatures, cached, meta.exit_layers, dims)
+            inputs = subject.encode(examples)
+            cached = subject.outputs(split, inputs, cfg, device)
+            result = _score_split(cfg, rule, threshold, temperatures, cached, subject, subject.costs(inputs))
             tracking.log_metrics({f"{split}/{k}": v for k, v in result["metrics"].items()})
-            tracking.log_exit_histogram(result["counts"], meta.exit_layers, prefix=f"{split}/")
+            tracking.log_exit_histogram(result["counts"], subject.histogram_steps, prefix=f"{split}/")
             if cfg.evaluate.save_predictions:
                 tracking.log_dataframe(result["predictions"], f"{split}/predictions.csv")
             if cfg.evaluate.grid:
@@ -99,13 +92,11 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
                 headline = dict(result["metrics"])
                 if cfg.evaluate.latency:
                     headline.update(
-                        _measure_latency(
-                            cfg, model, enc, cached, rule, threshold, temperatures, pad_id, device
-                        )
+                        _measure_latency(cfg, subject, inputs, cached, rule, threshold, temperatures, device)
                     )
                 tracking.log_metrics(headline)
-                tracking.log_exit_histogram(result["counts"], meta.exit_layers)
-            _print(split, cfg, threshold, source, result, meta.exit_layers)
+                tracking.log_exit_histogram(result["counts"], subject.histogram_steps)
+            _print(split, cfg, threshold, source, result, subject.exit_names)
         if cfg.evaluate.latency:
             _print_latency(headline)
         return float(headline.get("task_metric", float("nan")))
@@ -117,20 +108,22 @@ def _score_split(
     threshold: float,
     temperatures: torch.Tensor | None,
     cached: CachedOutputs,
-    exit_layers: list[int],
-    dims: EncoderDims,
+    subject: subjects.Subject,
+    costs: ExitCosts,
 ) -> dict[str, Any]:
     signals = cached.signals
+    names = subject.exit_names
     exit_idx, chosen = exits.simulate(rule, signals, threshold, temperatures)
     regression = chosen.shape[-1] == 1
     preds = chosen[:, 0].numpy() if regression else chosen.argmax(dim=-1).numpy()
     exit_idx_np = exit_idx.numpy()
-    layers_run = np.asarray(exit_layers)[exit_idx_np]
+    layers_run = costs.exit_layers[exit_idx_np]
     scores = compute_metrics(cfg.task.metric, preds, cached.labels)
-    cost = speedups(cached.lengths, layers_run, exit_idx_np + 1, dims)
+    cost = costs.at(exit_idx_np)
     per_exit = exit_scores(signals, cached.labels)
     name = score_name(chosen.shape[-1])
-    counts = np.bincount(exit_idx_np, minlength=len(exit_layers))
+    counts = np.bincount(exit_idx_np, minlength=len(names))
+    fractions = counts / max(1, len(preds))
     metrics = {
         **scores,
         "task_metric": scores[main_metric(cfg.task.metric)],
@@ -141,12 +134,17 @@ def _score_split(
         "static_gflops_per_example": cost["static_gflops_per_example"],
         "adaptive_gflops_per_example": cost["adaptive_gflops_per_example"],
         "n_examples": float(len(preds)),
-        **{f"exit_{name}_L{layer}": float(a) for layer, a in zip(exit_layers, per_exit)},
+        # the split between exits (a cascade's swift/super split): fraction leaving at each, and reaching
+        # the last
+        "super_fraction": float(fractions[-1]),
+        **{f"exit_fraction_{n}": float(f) for n, f in zip(names, fractions)},
+        **{f"exit_{name}_{n}": float(a) for n, a in zip(names, per_exit)},
     }
     columns: dict[str, Any] = {
         "row": np.arange(len(preds)),
         "label": cached.labels,
         "prediction": preds,
+        "exit": np.asarray(names)[exit_idx_np],
         "exit_layer": layers_run,
         "tokens": cached.lengths,
     }
@@ -154,9 +152,18 @@ def _score_split(
         columns["confidence"] = chosen.softmax(dim=-1).max(dim=-1).values.numpy()
     curve = None
     if cfg.evaluate.grid:
-        grid = rule.grid(chosen.shape[-1], len(exit_layers), cfg.evaluate.grid_size).tolist()
+        grid = rule.grid(
+            chosen.shape[-1], len(names), cfg.evaluate.grid_size, signals.float().scaled(temperatures)
+        ).tolist()
         curve = calibration.threshold_curve(
-            rule, signals, cached.labels, exit_layers, grid, temperatures, cached.lengths, dims
+            rule,
+            signals,
+            cached.labels,
+            subject.exit_layers,
+            grid,
+            temperatures,
+            costs=costs,
+            exit_names=names,
         )
     return {
         "metrics": metrics,
@@ -167,35 +174,28 @@ def _score_split(
     }
 
 
-def _inputs(b: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    return b.input_ids, b.attention_mask, b.token_type_ids
-
-
 def _measure_latency(
     cfg: RootConfig,
-    model: MultiExitModel,
-    enc: Encoded,
-    cached,
+    subject: subjects.Subject,
+    inputs: Any,
+    cached: CachedOutputs,
     rule: exits.ExitRule,
     threshold: float,
     temperatures: torch.Tensor | None,
-    pad_id: int,
     device: torch.device,
 ) -> dict[str, float]:
-    """Batch-1 latency (p50/p90) and batched throughput, adaptive beside static, in the same process."""
-    model.eval()
-    n = len(enc.labels)
+    """Batch-1 latency (p50/p90) and batched throughput, adaptive beside static (the full model, or a
+    cascade's last model alone), in the same process."""
+    n = len(cached.labels)
     rng = np.random.default_rng(cfg.seed)
     subset = np.sort(rng.choice(n, size=min(cfg.evaluate.latency_samples, n), replace=False))
-    singles: dict[int, Batch] = {
-        int(b.index[0]): b.to(device) for b in batches(enc, 1, pad_id=pad_id, indices=subset.tolist())
-    }
+    singles = {int(subject.rows(b)[0]): b for b in subject.batches(inputs, 1, subset.tolist(), device)}
 
     def static(i: int) -> object:
-        return model.static_forward(*_inputs(singles[i]))
+        return subject.static(singles[i])
 
     def adaptive(i: int) -> object:
-        return model.adaptive(*_inputs(singles[i]), rule, threshold, temperatures)
+        return subject.adaptive(singles[i], rule, threshold, temperatures)
 
     console.print(f"timing batch-1 latency on {len(subset)} examples (static and adaptive interleaved)")
     ms = timing.latency_per_example(
@@ -206,34 +206,32 @@ def _measure_latency(
         for k, v in timing.summarize_ms(values).items():
             out[f"latency_{name}_{k}"] = v
     out["latency_speedup_p50"] = out["latency_static_p50_ms"] / out["latency_adaptive_p50_ms"]
+    out["latency_speedup_mean"] = out["latency_static_mean_ms"] / out["latency_adaptive_mean_ms"]
 
     # batched: the adaptive path compacts the batch as examples exit. Batches are timed interleaved
     # (static, adaptive, static, ...) like the batch-1 latency, so load from elsewhere hits both alike.
-    bs = cfg.device.throughput_batch_size
-    chunks = [b.to(device) for b in batches(enc, bs, pad_id=pad_id, indices=subset.tolist())]
+    chunks = subject.batches(inputs, cfg.device.throughput_batch_size, subset.tolist(), device)
     n_batches = max(1, min(cfg.evaluate.throughput_batches, len(chunks)))
     batch_ms = timing.latency_per_example(
         {
-            "static": lambda k: model.static_forward(*_inputs(chunks[k])),
-            "adaptive": lambda k: model.adaptive(*_inputs(chunks[k]), rule, threshold, temperatures),
+            "static": lambda k: subject.static(chunks[k]),
+            "adaptive": lambda k: subject.adaptive(chunks[k], rule, threshold, temperatures),
         },
         list(range(n_batches)),
         warmup=1,
     )
-    examples = sum(len(chunks[k].index) for k in range(n_batches))
+    examples = sum(len(subject.rows(chunks[k])) for k in range(n_batches))
     for name, times in batch_ms.items():
         out[f"throughput_{name}"] = examples / (float(times.sum()) / 1000.0)
     out["throughput_speedup"] = out["throughput_adaptive"] / out["throughput_static"]
 
-    # honesty check: the real early-exit path must agree with the simulation from cached logits
+    # honesty check: the real adaptive path must agree with the simulation from cached outputs
     agree = []
     with torch.inference_mode():
         for b in chunks:
-            res = model.adaptive(
-                b.input_ids, b.attention_mask, b.token_type_ids, rule, threshold, temperatures
-            )
+            res = subject.adaptive(b, rule, threshold, temperatures)
             sim_idx, sim_logits = exits.simulate(
-                rule, cached.signals.rows(b.index.cpu()), threshold, temperatures
+                rule, cached.signals.rows(subject.rows(b).cpu()), threshold, temperatures
             )
             agree.append(
                 (res.exit_index.cpu() == sim_idx) & (res.logits.argmax(-1).cpu() == sim_logits.argmax(-1))
@@ -243,20 +241,20 @@ def _measure_latency(
 
 
 def _print(
-    split: str, cfg: RootConfig, threshold: float, source: str, result: dict, exit_layers: list[int]
+    split: str, cfg: RootConfig, threshold: float, source: str, result: dict, exit_names: list[str]
 ) -> None:
     m = result["metrics"]
     table = Table(
         title=f"{cfg.method.name} / {cfg.backbone.name} / {cfg.task.name} [{split}], {cfg.method.exit.name} threshold {threshold:.4f} ({source})"
     )
-    table.add_column("exit layer", justify="right")
+    table.add_column("exit", justify="right")
     table.add_column(f"exit {result['score_name']}", justify="right")
     table.add_column("exited here", justify="right")
     total = max(1, sum(result["counts"]))
     name = result["score_name"]
-    for layer, count in zip(exit_layers, result["counts"]):
-        score = m[f"exit_{name}_L{layer}"]
-        table.add_row(str(layer), f"{score:.4f}", f"{count} ({100 * count / total:.1f}%)")
+    for exit_name, count in zip(exit_names, result["counts"]):
+        score = m[f"exit_{name}_{exit_name}"]
+        table.add_row(exit_name, f"{score:.4f}", f"{count} ({100 * count / total:.1f}%)")
     console.print(table)
     console.print(
         f"{main_metric(cfg.task.metric)} {m['task_metric']:.4f} | mean exit layer {m['mean_exit_layer']:.2f} | "

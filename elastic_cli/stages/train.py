@@ -8,6 +8,7 @@ methods (DeeBERT, FastBERT) start their second stage from the best weights of th
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,11 +21,13 @@ from rich.table import Table
 from transformers import get_linear_schedule_with_warmup
 
 from elastic_cli import checkpoint, exits, tracking
-from elastic_cli.config import RootConfig, TrainStageConfig, parse_exit_layers
+from elastic_cli.config import BackboneConfig, RootConfig, TrainStageConfig, parse_exit_layers
 from elastic_cli.data import Encoded, batches, encode, load_task_data
+from elastic_cli.data.splits import TaskData
 from elastic_cli.errors import UserError
-from elastic_cli.methods import Method, build_method
+from elastic_cli.methods import CascadeMemberSpec, CascadeMethod, Method, build_method
 from elastic_cli.methods.objectives import DynamicWeights, Objective
+from elastic_cli.models.heads import HeadSpec
 from elastic_cli.models.loading import build_backbone
 from elastic_cli.models.multi_exit import MultiExitModel
 from elastic_cli.stages.common import (
@@ -85,86 +88,208 @@ class Best:
     stage: int = 0
 
 
+@dataclass
+class Fitted:
+    """A trained model with what its checkpoint needs."""
+
+    model: MultiExitModel
+    tokenizer: Any
+    head: HeadSpec
+    best: Best
+
+
 def run(cfg: RootConfig, raw: DictConfig) -> float:
     started = time.perf_counter()
     seed_everything(cfg.seed)
     device = setup_device(cfg.device)
     method = build_method(cfg.method)
     rule = exits.build_rule(cfg.method.exit)
-    single_exit = cfg.method.exit_layers == "last"  # the static baseline never applies its rule
+    single_exit = cfg.method.exit_layers == "last" and not isinstance(method, CascadeMethod)
     exits.check_applicable(rule, cfg.task.num_labels, cfg.method.lte, 1 if single_exit else None)
     folder = checkpoint.checkpoint_dir(cfg)
 
     with tracking.stage_run(cfg, raw):
         data = load_task_data(cfg.task, cfg.seed)
-        train_texts = [t for row in data.train.texts for t in row]
-        backbone, tokenizer = build_backbone(cfg.backbone, train_texts=train_texts, seed=cfg.seed)
-        exit_layers = parse_exit_layers(cfg.method.exit_layers, backbone.num_layers)
-        head = method.head_spec(cfg.backbone)
-        model = MultiExitModel(
-            backbone,
-            exit_layers,
-            cfg.task.num_labels,
-            head,
-            use_pretrained_pooler=cfg.backbone.use_pretrained_pooler,
-            lte=cfg.method.lte,
-            stop_gradient=cfg.method.stop_gradient,
-            gradient_equilibrium=cfg.method.gradient_equilibrium,
-        ).to(device)
-        pad_id = int(tokenizer.pad_token_id)
-        enc_train = encode(data.train, tokenizer, cfg.task.max_seq_length)
-        enc_cal = encode(data.calibration, tokenizer, cfg.task.max_seq_length)
-        tracking.log_params(
-            {"exit_layers": exit_layers, "n_train": len(data.train), "n_calibration": len(data.calibration)}
-        )
-        console.print(
-            f"train {cfg.method.name} on {cfg.backbone.name} / {cfg.task.name}: "
-            f"{len(data.train)} training, {len(data.calibration)} calibration examples, exits at {exit_layers}"
-        )
-
-        best = Best()
-        step = 0
-        for s, stage in enumerate(method.stages()):
-            if s > 0:
-                model.load_state_dict(best.state)  # a later stage starts from the best of the one before
-                best = Best()
-            best, step = _train_stage(
-                cfg, s, stage, method, model, enc_train, enc_cal, pad_id, device, step, best
-            )
-
-        model.load_state_dict(best.state)
-        meta = checkpoint.CheckpointMeta(
-            method=cfg.method.name,
-            backbone=cfg.backbone.name,
-            family=cfg.backbone.family,
-            task=cfg.task.name,
-            seed=cfg.seed,
-            exit_layers=exit_layers,
-            num_labels=cfg.task.num_labels,
-            label_names=list(cfg.task.label_names),
-            pooling=head.pooling,
-            max_seq_length=cfg.task.max_seq_length,
-            head={k: v for k, v in asdict(head).items() if k != "pooling"},
-            lte=cfg.method.lte,
-            format=checkpoint.FORMAT,
-            train_metrics={
-                "best_step": best.step,
-                "calibration_exit_scores": best.scores.tolist(),
-                "seconds": time.perf_counter() - started,
-            },
-        )
-        checkpoint.save(folder, model, tokenizer, raw, meta)
+        if isinstance(method, CascadeMethod):
+            return _train_cascade(cfg, raw, method, data, folder, device, started)
+        fitted = _fit(cfg, method, cfg.backbone, None, data, device)
+        meta = _meta(cfg, cfg.method.name, cfg.backbone, fitted, started)
+        checkpoint.save(folder, fitted.model, fitted.tokenizer, raw, meta)
+        scores = fitted.best.scores
         name = score_name(cfg.task.num_labels)
         tracking.log_metrics(
             {
-                f"best_mean_exit_{name}": float(best.scores.mean()),
-                f"best_final_exit_{name}": float(best.scores[-1]),
+                f"best_mean_exit_{name}": float(scores.mean()),
+                f"best_final_exit_{name}": float(scores[-1]),
                 "train_seconds": time.perf_counter() - started,
             }
         )
         tracking.log_params({"checkpoint": str(folder.resolve())})
-        _print_summary(exit_layers, best.scores, folder)
-        return float(best.scores.mean())
+        _print_summary([f"L{k}" for k in fitted.model.exit_layers], scores, folder)
+        return float(scores.mean())
+
+
+def _fit(
+    cfg: RootConfig,
+    method: Method,
+    backbone_cfg: BackboneConfig,
+    keep_layers: int | None,
+    data: TaskData,
+    device: torch.device,
+    prefix: str = "",
+) -> Fitted:
+    """Build `method`'s model on `backbone_cfg` (its first `keep_layers` layers, if set) and train it
+    stage by stage; the model comes back with the best weights loaded."""
+    train_texts = [t for row in data.train.texts for t in row]
+    backbone, tokenizer = build_backbone(backbone_cfg, train_texts=train_texts, seed=cfg.seed)
+    if keep_layers is not None:
+        backbone.truncate(keep_layers)
+    exit_layers = parse_exit_layers(method.cfg.exit_layers, backbone.num_layers)
+    head = method.head_spec(backbone_cfg)
+    model = MultiExitModel(
+        backbone,
+        exit_layers,
+        cfg.task.num_labels,
+        head,
+        use_pretrained_pooler=backbone_cfg.use_pretrained_pooler,
+        lte=method.cfg.lte,
+        stop_gradient=method.cfg.stop_gradient,
+        gradient_equilibrium=method.cfg.gradient_equilibrium,
+    ).to(device)
+    pad_id = int(tokenizer.pad_token_id)
+    enc_train = encode(data.train, tokenizer, cfg.task.max_seq_length)
+    enc_cal = encode(data.calibration, tokenizer, cfg.task.max_seq_length)
+    tracking.log_params(
+        {
+            f"{prefix}exit_layers": exit_layers,
+            "n_train": len(data.train),
+            "n_calibration": len(data.calibration),
+        }
+    )
+    what = f"{prefix.rstrip('/')} model ({backbone_cfg.name}, {backbone.num_layers} layers)" if prefix else ""
+    console.print(
+        f"train {cfg.method.name} {what} on {backbone_cfg.name} / {cfg.task.name}: ".replace("  ", " ")
+        + f"{len(data.train)} training, {len(data.calibration)} calibration examples, exits at {exit_layers}"
+    )
+    best = Best()
+    step = 0
+    for s, stage in enumerate(method.stages()):
+        if s > 0:
+            model.load_state_dict(best.state)  # a later stage starts from the best of the one before
+            best = Best()
+        best, step = _train_stage(
+            cfg, s, stage, method, model, enc_train, enc_cal, pad_id, device, step, best, prefix
+        )
+    model.load_state_dict(best.state)
+    return Fitted(model, tokenizer, head, best)
+
+
+def _meta(
+    cfg: RootConfig, method_name: str, backbone_cfg: BackboneConfig, fitted: Fitted, started: float
+) -> checkpoint.CheckpointMeta:
+    return checkpoint.CheckpointMeta(
+        method=method_name,
+        backbone=backbone_cfg.name,
+        family=backbone_cfg.family,
+        task=cfg.task.name,
+        seed=cfg.seed,
+        exit_layers=fitted.model.exit_layers,
+        num_labels=cfg.task.num_labels,
+        label_names=list(cfg.task.label_names),
+        pooling=fitted.head.pooling,
+        max_seq_length=cfg.task.max_seq_length,
+        head={k: v for k, v in asdict(fitted.head).items() if k != "pooling"},
+        lte=fitted.model.lte is not None,
+        format=checkpoint.FORMAT,
+        train_metrics={
+            "best_step": fitted.best.step,
+            "calibration_exit_scores": fitted.best.scores.tolist(),
+            "seconds": time.perf_counter() - started,
+        },
+    )
+
+
+def _reused_member(cfg: RootConfig, spec: CascadeMemberSpec) -> tuple[Path, checkpoint.CheckpointMeta]:
+    """A trained checkpoint named by `method.*_ckpt`: it must be a single-exit model of this task."""
+    folder = Path(str(spec.ckpt)).expanduser().resolve()
+    meta = checkpoint.read_meta(folder)
+    if meta.task != cfg.task.name or meta.num_labels != cfg.task.num_labels:
+        raise UserError(
+            f"the {spec.name} checkpoint {folder} was trained on {meta.task}, not {cfg.task.name}"
+        )
+    if len(meta.exit_layers) != 1:
+        raise UserError(
+            f"the {spec.name} checkpoint {folder} has {len(meta.exit_layers)} exits: a cascade reuses "
+            "single-exit models (method=static)"
+        )
+    return folder, meta
+
+
+def _train_cascade(
+    cfg: RootConfig,
+    raw: DictConfig,
+    method: CascadeMethod,
+    data: TaskData,
+    folder: Path,
+    device: torch.device,
+    started: float,
+) -> float:
+    """Train (or reuse) every model of the cascade, then write the cascade's folder in one swap."""
+    specs = method.members(cfg, lambda: _depth(cfg, data))
+    for spec in specs:  # reject a bad reused checkpoint before hours of training the others
+        if spec.ckpt:
+            _reused_member(cfg, spec)
+    name = score_name(cfg.task.num_labels)
+    tmp = checkpoint.cascade_workdir(folder)
+    entries, scores = [], []
+    try:
+        for spec in specs:
+            if spec.ckpt:
+                member, meta = _reused_member(cfg, spec)
+                score = float(meta.train_metrics.get("calibration_exit_scores", [float("nan")])[-1])
+                where = str(member)
+                console.print(f"{spec.name} model: reusing {member}")
+                tracking.log_params({f"{spec.name}/checkpoint": where})
+            else:
+                member_started = time.perf_counter()
+                fitted = _fit(
+                    cfg, method.member_method(), spec.backbone, spec.layers, data, device, f"{spec.name}/"
+                )
+                member = tmp / "members" / spec.name
+                meta = _meta(cfg, "static", spec.backbone, fitted, member_started)
+                checkpoint.save(member, fitted.model, fitted.tokenizer, raw, meta)
+                score = float(fitted.best.scores[-1])
+                where = f"members/{spec.name}"
+                tracking.log_metrics({f"{spec.name}/train_seconds": time.perf_counter() - member_started})
+            tracking.log_metrics({f"{spec.name}/best_{name}": score})
+            entries.append(
+                {"name": spec.name, "folder": where, "weights": checkpoint.weights_fingerprint(member)}
+            )
+            scores.append(score)
+        meta_c = checkpoint.CascadeMeta(
+            method=cfg.method.name,
+            task=cfg.task.name,
+            seed=cfg.seed,
+            num_labels=cfg.task.num_labels,
+            label_names=list(cfg.task.label_names),
+            members=entries,
+        )
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    checkpoint.save_cascade(folder, tmp, raw, meta_c)
+    tracking.log_metrics({"train_seconds": time.perf_counter() - started})
+    tracking.log_params({"checkpoint": str(folder.resolve())})
+    _print_summary([s.name for s in specs], np.asarray(scores), folder)
+    return float(scores[-1])
+
+
+def _depth(cfg: RootConfig, data: TaskData) -> int:
+    """Layers of cfg.backbone, read from its config (a tiny backbone's from the schema)."""
+    if cfg.backbone.tiny is not None:
+        return int(cfg.backbone.tiny.num_layers)
+    backbone, _ = build_backbone(cfg.backbone, train_texts=[t for row in data.train.texts for t in row])
+    return int(backbone.num_layers)
 
 
 def _train_stage(
@@ -179,6 +304,7 @@ def _train_stage(
     device: torch.device,
     step: int,
     best: Best,
+    prefix: str = "",
 ) -> tuple[Best, int]:
     objective = method.objective(stage, model.exit_layers).to(device)
     set_trainable(model, stage.trainable)
@@ -218,7 +344,8 @@ def _train_stage(
                 bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {loss.item():.4f}")
                 if done % cfg.train.log_every == 0 or done == total:
                     tracking.log_metrics(
-                        {"train/loss": loss.item(), "train/lr": schedule.get_last_lr()[0]}, step
+                        {f"{prefix}train/loss": loss.item(), f"{prefix}train/lr": schedule.get_last_lr()[0]},
+                        step,
                     )
                 if done >= total:
                     break
@@ -229,9 +356,10 @@ def _train_stage(
             )
             name = score_name(model.num_labels)
             metrics = {
-                f"calibration/exit_{name}_L{layer}": float(a) for layer, a in zip(model.exit_layers, scores)
+                f"{prefix}calibration/exit_{name}_L{layer}": float(a)
+                for layer, a in zip(model.exit_layers, scores)
             }
-            metrics[f"calibration/mean_exit_{name}"] = float(scores.mean())
+            metrics[f"{prefix}calibration/mean_exit_{name}"] = float(scores.mean())
             if isinstance(objective, DynamicWeights):
                 weights = objective.weights().detach().cpu().numpy()
                 metrics.update(
@@ -247,11 +375,11 @@ def _train_stage(
     return best, step
 
 
-def _print_summary(exit_layers: list[int], scores: np.ndarray, folder: Path) -> None:
+def _print_summary(exit_names: list[str], scores: np.ndarray, folder: Path) -> None:
     table = Table(title="calibration split, best checkpoint")
-    table.add_column("exit layer", justify="right")
+    table.add_column("exit", justify="right")
     table.add_column("score", justify="right")
-    for layer, a in zip(exit_layers, scores):
-        table.add_row(str(layer), f"{a:.4f}")
+    for exit_name, a in zip(exit_names, scores):
+        table.add_row(exit_name, f"{a:.4f}")
     console.print(table)
     console.print(f"checkpoint: {folder}")

@@ -1,0 +1,212 @@
+"""What `calibrate` and `evaluate` work on, whatever its shape: the exits of one multi-exit model, or the
+models of a cascade. Both give per-exit outputs [N, E, C] of a split (cached), what each exit costs, and
+the static and adaptive paths for timing; the stages need nothing else, so one code path scores both.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from elastic_cli import checkpoint, exits
+from elastic_cli.config import RootConfig
+from elastic_cli.cost import ExitCosts
+from elastic_cli.data import Batch, Encoded, batches, encode
+from elastic_cli.data.splits import Split
+from elastic_cli.errors import UserError
+from elastic_cli.models.cascade import Cascade, Member
+from elastic_cli.models.multi_exit import AdaptiveOutput
+from elastic_cli.stages.common import CachedOutputs, cached_outputs, cost_dims
+
+
+@dataclass
+class SubjectInfo:
+    """Read from the checkpoint folder without loading weights: enough to reject bad input early."""
+
+    task: str
+    num_labels: int
+    has_lte: bool
+    num_exits: int
+
+
+def describe(folder: Path) -> SubjectInfo:
+    if checkpoint.is_cascade(folder):
+        meta = checkpoint.read_cascade_meta(folder)
+        return SubjectInfo(meta.task, meta.num_labels, False, len(meta.members))
+    m = checkpoint.read_meta(folder)
+    return SubjectInfo(m.task, m.num_labels, m.lte, len(m.exit_layers))
+
+
+class Subject(ABC):
+    folder: Path
+    num_labels: int
+    exit_names: list[str]  # labels of the exits in metrics: L<layer>, or a cascade's model names
+    exit_layers: list[int]  # layers run when leaving at each exit (summed over a cascade's models)
+    histogram_steps: list[int]  # x of the exit histogram: the exit layer, or the model's number
+    # the speed-up a `speedup` target reads: layers for one model; FLOPs for a cascade, whose models
+    # differ in width, so their layers are not worth the same
+    speed_column: str = "layer_speedup"
+
+    @abstractmethod
+    def encode(self, split: Split) -> Any:
+        """The split tokenised as the model(s) need it."""
+
+    @abstractmethod
+    def outputs(self, split_name: str, inputs: Any, cfg: RootConfig, device: torch.device) -> CachedOutputs:
+        """Every exit's outputs on the split, computed once per weights and cached on disk."""
+
+    @abstractmethod
+    def costs(self, inputs: Any) -> ExitCosts: ...
+
+    @abstractmethod
+    def batches(self, inputs: Any, batch_size: int, indices: list[int], device: torch.device) -> list[Any]:
+        """Padded batches of `indices` in that order, on the device, for `static` and `adaptive`."""
+
+    @staticmethod
+    @abstractmethod
+    def rows(batch: Any) -> torch.Tensor:
+        """The split's row numbers of a batch."""
+
+    @abstractmethod
+    def static(self, batch: Any) -> torch.Tensor: ...
+
+    @abstractmethod
+    def adaptive(
+        self, batch: Any, rule: exits.ExitRule, threshold: float, temperatures: torch.Tensor | None
+    ) -> AdaptiveOutput: ...
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """Changes when any weights change: recorded with a calibration."""
+
+
+class MultiExitSubject(Subject):
+    def __init__(self, folder: Path, device: torch.device) -> None:
+        self.folder = folder
+        self.model, self.tokenizer, self.meta = checkpoint.load(folder, device)
+        self.num_labels = self.meta.num_labels
+        self.exit_layers = list(self.meta.exit_layers)
+        self.exit_names = [f"L{k}" for k in self.exit_layers]
+        self.histogram_steps = self.exit_layers
+        self.pad_id = int(self.tokenizer.pad_token_id)
+        self.dims = cost_dims(self.model)
+
+    def encode(self, split: Split) -> Encoded:
+        return encode(split, self.tokenizer, self.meta.max_seq_length)
+
+    def outputs(
+        self, split_name: str, inputs: Encoded, cfg: RootConfig, device: torch.device
+    ) -> CachedOutputs:
+        return cached_outputs(
+            self.folder, self.fingerprint(), split_name, self.model, inputs, cfg, self.pad_id, device
+        )
+
+    def costs(self, inputs: Encoded) -> ExitCosts:
+        return ExitCosts.multi_exit(inputs.lengths, self.exit_layers, self.dims)
+
+    def batches(
+        self, inputs: Encoded, batch_size: int, indices: list[int], device: torch.device
+    ) -> list[Batch]:
+        return [b.to(device) for b in batches(inputs, batch_size, pad_id=self.pad_id, indices=indices)]
+
+    @staticmethod
+    def rows(batch: Batch) -> torch.Tensor:
+        return batch.index
+
+    def static(self, batch: Batch) -> torch.Tensor:
+        return self.model.static_forward(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+
+    def adaptive(
+        self, batch: Batch, rule: exits.ExitRule, threshold: float, temperatures: torch.Tensor | None
+    ) -> AdaptiveOutput:
+        return self.model.adaptive(
+            batch.input_ids, batch.attention_mask, batch.token_type_ids, rule, threshold, temperatures
+        )
+
+    def fingerprint(self) -> str:
+        return checkpoint.weights_fingerprint(self.folder)
+
+
+class CascadeSubject(Subject):
+    speed_column = "flops_speedup"
+
+    def __init__(self, folder: Path, device: torch.device) -> None:
+        self.folder = folder
+        self.meta = checkpoint.read_cascade_meta(folder)
+        members = []
+        for entry in self.meta.members:
+            member_folder = checkpoint.member_folder(folder, entry)
+            model, tokenizer, meta = checkpoint.load(member_folder, device)
+            members.append(Member(entry["name"], model, tokenizer, meta.max_seq_length, member_folder))
+        self.cascade = Cascade(members)
+        self.num_labels = self.cascade.num_labels
+        self.exit_names = self.cascade.names
+        self.dims = [cost_dims(m.model) for m in members]
+        self.exit_layers = np.cumsum([d.num_layers for d in self.dims]).tolist()
+        self.histogram_steps = list(range(1, len(members) + 1))
+
+    def encode(self, split: Split) -> list[Encoded]:
+        return [encode(split, m.tokenizer, m.max_seq_length) for m in self.cascade.members]
+
+    def outputs(
+        self, split_name: str, inputs: list[Encoded], cfg: RootConfig, device: torch.device
+    ) -> CachedOutputs:
+        per_member = [
+            cached_outputs(
+                m.folder,
+                checkpoint.weights_fingerprint(m.folder),
+                split_name,
+                m.model,
+                enc,
+                cfg,
+                m.pad_id,
+                device,
+            )
+            for m, enc in zip(self.cascade.members, inputs, strict=True)
+        ]
+        logits = torch.cat([c.signals.logits for c in per_member], dim=1)  # [N, models, C]
+        first = per_member[0]
+        return CachedOutputs(exits.ExitSignals(logits), first.labels, first.lengths)
+
+    def costs(self, inputs: list[Encoded]) -> ExitCosts:
+        return ExitCosts.cascade([enc.lengths for enc in inputs], self.dims)
+
+    def batches(
+        self, inputs: list[Encoded], batch_size: int, indices: list[int], device: torch.device
+    ) -> list[list[Batch]]:
+        per_member = [
+            [b.to(device) for b in batches(enc, batch_size, pad_id=m.pad_id, indices=indices)]
+            for m, enc in zip(self.cascade.members, inputs, strict=True)
+        ]
+        return [list(group) for group in zip(*per_member, strict=True)]
+
+    @staticmethod
+    def rows(batch: list[Batch]) -> torch.Tensor:
+        return batch[0].index
+
+    def static(self, batch: list[Batch]) -> torch.Tensor:
+        return self.cascade.static(batch)
+
+    def adaptive(
+        self, batch: list[Batch], rule: exits.ExitRule, threshold: float, temperatures: torch.Tensor | None
+    ) -> AdaptiveOutput:
+        return self.cascade.adaptive(batch, rule, threshold, temperatures)
+
+    def fingerprint(self) -> str:
+        return ";".join(entry["weights"] for entry in self.meta.members)
+
+
+def open_subject(folder: Path, device: torch.device) -> Subject:
+    if checkpoint.is_cascade(folder):
+        return CascadeSubject(folder, device)
+    return MultiExitSubject(folder, device)
+
+
+def check_task(folder: Path, info: SubjectInfo, task: str) -> None:
+    if info.task != task:
+        raise UserError(f"checkpoint {folder} was trained on {info.task}, not task={task}")
