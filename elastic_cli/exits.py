@@ -355,7 +355,9 @@ class Energy(ExitRule):
             return torch.linspace(0.0, 10.0, size, dtype=torch.float64)
         # quantiles of the scores where a decision is made (every exit but the last), and one point above
         # them all: from "every example stays at the first model" to "every example goes on"
-        s = self.score(signals.logits[:, :-1].double()).flatten()
+        # scores in the logits' dtype, as `decide` computes them, so the lowest grid point is exactly the
+        # lowest score (in float64 it could sit an ulp above it and send that example on)
+        s = self.score(signals.logits[:, :-1]).double().flatten()
         q = torch.quantile(s, torch.linspace(0.0, 1.0, max(size - 1, 1), dtype=torch.float64))
         top = s.max() + 1e-6 * (1.0 + s.max().abs())
         return torch.unique(torch.cat([q, top.view(1)]))

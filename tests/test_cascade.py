@@ -128,11 +128,8 @@ def test_energy_grid_is_ascending_and_ends_with_all_go_on() -> None:
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_energy_grid_first_point_keeps_every_example_at_the_first_model(seed: int) -> None:
-    # BUG (elastic_cli/exits.py, Energy.grid): the lowest point is the minimum score computed in float64
-    # (logits cast to double), but decisions compare float32 scores with the threshold rounded to
-    # float32; the float32 score of the lowest example can be an ulp below it, so that example is sent on
-    # at the "every example stays" end of the grid (seed 0: 0.17349198 < 0.17349201). The top point has a
-    # margin (1e-6 relative); the bottom has none. Fails until fixed.
+    # the lowest point is the lowest score as `decide` computes it (in the logits' dtype): computed in
+    # float64 it sat an ulp above the float32 score of that example and sent it on (seed 0)
     rule, signals, grid = _grid_case(seed)
     first, _ = exits.simulate(rule, signals, float(grid[0]))
     assert first.tolist() == [0] * 40
