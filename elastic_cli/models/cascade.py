@@ -95,8 +95,7 @@ class Cascade:
             raise ValueError(f"{len(batches)} batches for {len(self.members)} models")
         first = batches[0].input_ids
         size = first.shape[0]
-        out_logits = torch.empty(size, self.num_labels, device=first.device)
-        out_exit = torch.full((size,), -1, dtype=torch.long, device=first.device)
+        out = AdaptiveOutput.empty(size, self.num_labels, first.device)
         rows = torch.arange(size, device=first.device)  # batch rows still undecided
         seen: exits.ExitSignals | None = None
         last = len(self.members) - 1
@@ -104,14 +103,8 @@ class Cascade:
             b = batch if rows.numel() == size else take_rows(batch, rows)
             z = member.model.static_forward(b.input_ids, b.attention_mask, b.token_type_ids)
             seen = exits.ExitSignals.first(z, None) if seen is None else seen.append(z, None)
-            if j == last:
-                exit_now = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
-            else:
-                exit_now = exits.decisions(rule, seen, threshold, temperatures)[:, -1]
-            out_logits[rows[exit_now]] = z[exit_now].to(out_logits.dtype)
-            out_exit[rows[exit_now]] = j
-            keep = (~exit_now).nonzero().squeeze(1)
+            keep = out.settle(rows, j, z, seen, j == last, rule, threshold, temperatures)
             if keep.numel() == 0:
                 break
             rows, seen = rows[keep], seen.rows(keep)
-        return AdaptiveOutput(exit_index=out_exit, logits=out_logits)
+        return out

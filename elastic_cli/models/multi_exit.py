@@ -48,6 +48,35 @@ class AdaptiveOutput:
     exit_index: torch.Tensor  # [B] index into exit_layers
     logits: torch.Tensor  # [B, C] logits of the exit taken
 
+    @classmethod
+    def empty(cls, batch: int, num_labels: int, device: torch.device) -> AdaptiveOutput:
+        return cls(
+            exit_index=torch.full((batch,), -1, dtype=torch.long, device=device),
+            logits=torch.empty(batch, num_labels, device=device),
+        )
+
+    def settle(
+        self,
+        rows: torch.Tensor,
+        exit_index: int,
+        z: torch.Tensor,
+        seen: exits.ExitSignals,
+        is_last: bool,
+        rule: exits.ExitRule,
+        threshold: float,
+        temperatures: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Record the active examples (batch rows `rows`, outputs `z` at exit `exit_index`, all outputs
+        so far `seen`) whose rule fires, or all of them at the last exit; return the positions among
+        the active ones that go on."""
+        if is_last:
+            exit_now = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
+        else:
+            exit_now = exits.decisions(rule, seen, threshold, temperatures)[:, -1]
+        self.logits[rows[exit_now]] = z[exit_now].to(self.logits.dtype)
+        self.exit_index[rows[exit_now]] = exit_index
+        return (~exit_now).nonzero().squeeze(1)
+
 
 class MultiExitModel(nn.Module):
     def __init__(
@@ -141,8 +170,7 @@ class MultiExitModel(nn.Module):
     ) -> AdaptiveOutput:
         """Early exit with per-example compaction: exited examples leave the batch."""
         batch = input_ids.shape[0]
-        out_logits = torch.empty(batch, self.num_labels, device=input_ids.device)
-        out_exit = torch.full((batch,), -1, dtype=torch.long, device=input_ids.device)
+        out = AdaptiveOutput.empty(batch, self.num_labels, input_ids.device)
         rows = torch.arange(batch, device=input_ids.device)  # original row of every active example
         seen: exits.ExitSignals | None = None  # the active examples' outputs so far
         state = self.backbone.embed(input_ids, attention_mask, token_type_ids)
@@ -154,16 +182,10 @@ class MultiExitModel(nn.Module):
                 layer += 1
             z, u = self._exit(e, state.hidden, state.attention_mask)
             seen = exits.ExitSignals.first(z, u) if seen is None else seen.append(z, u)
-            if e == last:
-                exit_now = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
-            else:
-                exit_now = exits.decisions(rule, seen, threshold, temperatures)[:, -1]
-            out_logits[rows[exit_now]] = z[exit_now].to(out_logits.dtype)
-            out_exit[rows[exit_now]] = e
-            keep = (~exit_now).nonzero().squeeze(1)
+            keep = out.settle(rows, e, z, seen, e == last, rule, threshold, temperatures)
             if keep.numel() == 0:
                 break
             if keep.numel() < rows.numel():
                 state = self.backbone.select(state, keep)
                 rows, seen = rows[keep], seen.rows(keep)
-        return AdaptiveOutput(exit_index=out_exit, logits=out_logits)
+        return out
