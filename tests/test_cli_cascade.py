@@ -196,3 +196,44 @@ def test_bad_cascade_input_is_one_line(workdir: Path, tmp_path: Path):
         elastic("train", "method=multi_model", *BASE, data, out, "+method.member_ckpts.L9=x", cwd=workdir),
         "member_ckpts",
     )
+
+
+@pytest.mark.real
+def test_real_swift_and_super_with_different_tokenizers(tmp_path: Path):
+    """minilm-l3 (BERT WordPiece) routes to mpnet-base (MPNet's vocabulary) on real SST-2 sentences: a
+    few training steps only, enough to check that each model reads its own tokenisation and that the
+    real cascade path agrees with the simulation."""
+    from conftest import REPO
+
+    data = REPO.parent / "shared" / "assets" / "data" / "sst2"
+    if not (data / "dev.tsv").is_file():
+        pytest.skip(f"no SST-2 files in {data}")
+    args = [
+        "method=elang",
+        "backbone=mpnet-base",
+        "method.swift=minilm-l3",
+        "task=sst2",
+        f"task.data_dir={data}",
+        "task.max_train_samples=200",
+        "task.max_eval_samples=96",
+        "task.max_seq_length=48",
+        "train.max_steps=4",
+        "train.batch_size=8",
+        "method.exit.threshold=2.5",
+        "evaluate.latency_samples=16",
+        "evaluate.latency_warmup=1",
+        "evaluate.throughput_batches=1",
+        "device.throughput_batch_size=8",
+        f"outputs={tmp_path}",
+    ]
+    ok(elastic("train", *args, cwd=tmp_path))
+    ok(elastic("evaluate", *args, cwd=tmp_path))
+    ev = _runs(tmp_path)
+    ev = ev[ev["tags.elastic.stage"] == "evaluate"].iloc[0]
+    assert ev["metrics.adaptive_agreement"] == 1.0
+    assert ev["metrics.exit_fraction_swift"] + ev["metrics.exit_fraction_super"] == pytest.approx(1.0)
+    # mpnet-base is ~12x the FLOPs of minilm-l3: the cascade's cost follows its split
+    assert (
+        ev["metrics.adaptive_gflops_per_example"]
+        > ev["metrics.static_gflops_per_example"] * (ev["metrics.exit_fraction_super"])
+    )
