@@ -106,8 +106,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (UserError, HydraException, OmegaConfBaseException)
 
 
-_EXIT_SHORTHAND = re.compile(r"^method\.exit=([A-Za-z_][A-Za-z0-9_]*)$")
-_SWIFT_SHORTHAND = re.compile(r"^method\.swift=([A-Za-z0-9_][A-Za-z0-9_.-]*)$")
+# a name, or a comma-separated list of names (a multirun over the options)
+_EXIT_SHORTHAND = re.compile(r"^method\.exit=([A-Za-z_][A-Za-z0-9_]*(?:,[A-Za-z_][A-Za-z0-9_]*)*)$")
+_SWIFT_SHORTHAND = re.compile(
+    r"^method\.swift=([A-Za-z0-9_][A-Za-z0-9_.-]*(?:,[A-Za-z0-9_][A-Za-z0-9_.-]*)*)$"
+)
 
 
 def _exit_group_shorthand(arg: str) -> str:
