@@ -166,10 +166,10 @@ def _fit(
             "n_calibration": len(data.calibration),
         }
     )
-    what = f"{prefix.rstrip('/')} model ({backbone_cfg.name}, {backbone.num_layers} layers)" if prefix else ""
+    what = f"{cfg.method.name} ({prefix.rstrip('/')} model)" if prefix else cfg.method.name
     console.print(
-        f"train {cfg.method.name} {what} on {backbone_cfg.name} / {cfg.task.name}: ".replace("  ", " ")
-        + f"{len(data.train)} training, {len(data.calibration)} calibration examples, exits at {exit_layers}"
+        f"train {what} on {backbone_cfg.name} ({backbone.num_layers} layers) / {cfg.task.name}: "
+        f"{len(data.train)} training, {len(data.calibration)} calibration examples, exits at {exit_layers}"
     )
     best = Best()
     step = 0
