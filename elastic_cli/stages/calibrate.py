@@ -45,18 +45,8 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
             if scale and info.num_labels > 1
             else torch.ones(len(names))
         )
-        grid = rule.grid(
-            info.num_labels, len(names), cfg.calibrate.grid_size, signals.float().scaled(temperatures)
-        ).tolist()
-        curve = calibration.threshold_curve(
-            rule,
-            signals,
-            cached.labels,
-            subject.exit_layers,
-            grid,
-            temperatures,
-            costs=subject.costs(inputs),
-            exit_names=names,
+        curve = subject.threshold_curve(
+            rule, cached, subject.costs(inputs), temperatures, cfg.calibrate.grid_size
         )
         accs = exit_scores(signals, cached.labels)
         reference = float(accs[-1])

@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig
 from rich.table import Table
 
-from elastic_cli import calibration, checkpoint, exits, plots, timing, tracking
+from elastic_cli import checkpoint, exits, plots, timing, tracking
 from elastic_cli.config import RootConfig
 from elastic_cli.cost import ExitCosts
 from elastic_cli.data import load_task_data
@@ -152,19 +152,7 @@ def _score_split(
         columns["confidence"] = chosen.softmax(dim=-1).max(dim=-1).values.numpy()
     curve = None
     if cfg.evaluate.grid:
-        grid = rule.grid(
-            chosen.shape[-1], len(names), cfg.evaluate.grid_size, signals.float().scaled(temperatures)
-        ).tolist()
-        curve = calibration.threshold_curve(
-            rule,
-            signals,
-            cached.labels,
-            subject.exit_layers,
-            grid,
-            temperatures,
-            costs=costs,
-            exit_names=names,
-        )
+        curve = subject.threshold_curve(rule, cached, costs, temperatures, cfg.evaluate.grid_size)
     return {
         "metrics": metrics,
         "score_name": name,

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
-from elastic_cli import checkpoint, exits
+from elastic_cli import calibration, checkpoint, exits
 from elastic_cli.config import RootConfig
 from elastic_cli.cost import ExitCosts
 from elastic_cli.data import Batch, Encoded, batches, encode
@@ -83,6 +84,30 @@ class Subject(ABC):
     @abstractmethod
     def fingerprint(self) -> str:
         """Changes when any weights change: recorded with a calibration."""
+
+    def threshold_curve(
+        self,
+        rule: exits.ExitRule,
+        cached: CachedOutputs,
+        costs: ExitCosts,
+        temperatures: torch.Tensor | None,
+        grid_size: int,
+    ) -> pd.DataFrame:
+        """The rule's whole threshold curve on cached outputs, priced by `costs`, labelled by exit name."""
+        signals = cached.signals
+        grid = rule.grid(
+            self.num_labels, len(self.exit_names), grid_size, signals.float().scaled(temperatures)
+        ).tolist()
+        return calibration.threshold_curve(
+            rule,
+            signals,
+            cached.labels,
+            self.exit_layers,
+            grid,
+            temperatures,
+            costs=costs,
+            exit_names=self.exit_names,
+        )
 
 
 class MultiExitSubject(Subject):

@@ -236,16 +236,15 @@ def _train_cascade(
 ) -> float:
     """Train (or reuse) every model of the cascade, then write the cascade's folder in one swap."""
     specs = method.members(cfg, lambda: _depth(cfg, data))
-    for spec in specs:  # reject a bad reused checkpoint before hours of training the others
-        if spec.ckpt:
-            _reused_member(cfg, spec)
+    # reject a bad reused checkpoint before hours of training the others
+    reused = {spec.name: _reused_member(cfg, spec) for spec in specs if spec.ckpt}
     name = score_name(cfg.task.num_labels)
     tmp = checkpoint.cascade_workdir(folder)
     entries, scores = [], []
     try:
         for spec in specs:
-            if spec.ckpt:
-                member, meta = _reused_member(cfg, spec)
+            if spec.name in reused:
+                member, meta = reused[spec.name]
                 score = float(meta.train_metrics.get("calibration_exit_scores", [float("nan")])[-1])
                 where = str(member)
                 console.print(f"{spec.name} model: reusing {member}")
@@ -285,7 +284,8 @@ def _train_cascade(
 
 
 def _depth(cfg: RootConfig, data: TaskData) -> int:
-    """Layers of cfg.backbone, read from its config (a tiny backbone's from the schema)."""
+    """Layers of cfg.backbone: a tiny backbone's from the schema, else from the loaded backbone (once,
+    only for a method whose models depend on the depth)."""
     if cfg.backbone.tiny is not None:
         return int(cfg.backbone.tiny.num_layers)
     backbone, _ = build_backbone(cfg.backbone, train_texts=[t for row in data.train.texts for t in row])
