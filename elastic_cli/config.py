@@ -177,6 +177,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     log_every: int = 10
     head_lr: float | None = None  # lr of exit heads; None: same as lr
+    # a fine-tuned method=static checkpoint standing for the leading final_only stages (DeeBERT, FastBERT)
+    init_from: str | None = None
 
 
 @dataclass

@@ -30,6 +30,7 @@ from elastic_cli.methods.objectives import DynamicWeights, Objective
 from elastic_cli.models.heads import HeadSpec
 from elastic_cli.models.loading import build_backbone
 from elastic_cli.models.multi_exit import MultiExitModel
+from elastic_cli.stages import init_from
 from elastic_cli.stages.common import (
     all_exit_outputs,
     console,
@@ -111,6 +112,11 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
     with tracking.stage_run(cfg, raw):
         data = load_task_data(cfg.task, cfg.seed)
         if isinstance(method, CascadeMethod):
+            if cfg.train.init_from:
+                raise UserError(
+                    "train.init_from is for a two-stage method; a cascade reuses trained models with "
+                    "method.swift_ckpt= / method.super_ckpt="
+                )
             return _train_cascade(cfg, raw, method, data, folder, device, started)
         fitted = _fit(cfg, method, cfg.backbone, None, data, device)
         meta = _meta(cfg, cfg.method.name, cfg.backbone, fitted, started)
@@ -173,7 +179,18 @@ def _fit(
     )
     best = Best()
     step = 0
+    skip = 0
+    if cfg.train.init_from and not prefix:
+        source = Path(cfg.train.init_from).expanduser().resolve()
+        init_from.load_into(model, source, init_from.check_source(cfg, source, method.stages()))
+        skip = init_from.stages_done(method.stages())
+        console.print(f"stage 1 done: backbone and final classifier from {source}")
+        fingerprint = checkpoint.weights_fingerprint(source)
+        tracking.log_params({"init_from": str(source), "init_from_weights": fingerprint})
+        best = Best(state=_state(model))
     for s, stage in enumerate(method.stages()):
+        if s < skip:
+            continue
         if s > 0:
             model.load_state_dict(best.state)  # a later stage starts from the best of the one before
             best = Best()
@@ -205,6 +222,7 @@ def _meta(
             "best_step": fitted.best.step,
             "calibration_exit_scores": fitted.best.scores.tolist(),
             "seconds": time.perf_counter() - started,
+            "init_from": cfg.train.init_from,
         },
     )
 
@@ -369,10 +387,13 @@ def _train_stage(
             score = float(scores[-1] if final_only else scores.mean())
             bar.update(task, info=f"epoch {epoch} {'final' if final_only else 'mean'} exit score {score:.4f}")
             if score > best.score:
-                state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                best = Best(score=score, scores=np.asarray(scores), state=state, step=step, stage=s)
+                best = Best(score=score, scores=np.asarray(scores), state=_state(model), step=step, stage=s)
     model.requires_grad_(True)
     return best, step
+
+
+def _state(model: MultiExitModel) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def _print_summary(exit_names: list[str], scores: np.ndarray, folder: Path) -> None:

@@ -1,0 +1,113 @@
+"""`train.init_from`: start a two-stage method (DeeBERT, FastBERT) from an already fine-tuned model.
+
+Their first stage is plain fine-tuning of the backbone and the final classifier (objective
+`final_only`); a `method=static` checkpoint of the same backbone, task, data and seed is that stage
+already done. Its backbone and classifier become this model's backbone and last exit, the other
+exits keep the initialisation a full run gives them, and the leading `final_only` stages are
+skipped. The data settings must match: with another seed or subset, the checkpoint's training data
+could hold this run's calibration examples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file
+
+from elastic_cli import checkpoint
+from elastic_cli.config import RootConfig, TrainStageConfig
+from elastic_cli.errors import UserError
+from elastic_cli.models.multi_exit import MultiExitModel
+
+# what decides the training subset and the calibration split carved from it
+SPLIT_SETTINGS = ("name", "data_dir", "max_train_samples", "calibration_fraction", "calibration_max_samples")
+
+
+def stages_done(stages: list[TrainStageConfig]) -> int:
+    """How many leading stages train the final exit alone (what a fine-tuned checkpoint stands for)."""
+    n = 0
+    while n < len(stages) and stages[n].objective == "final_only" and stages[n].trainable == "all":
+        n += 1
+    return n
+
+
+def check_source(cfg: RootConfig, folder: Path, stages: list[TrainStageConfig]) -> checkpoint.CheckpointMeta:
+    """The checkpoint's metadata, once it is known to stand for this run's first stages."""
+    skip = stages_done(stages)
+    if skip == 0:
+        raise UserError(
+            f"train.init_from replaces a first stage that fine-tunes the final exit alone; method "
+            f"{cfg.method.name} has none (use it with method=deebert or method=fastbert)"
+        )
+    if skip == len(stages):
+        raise UserError(
+            f"train.init_from with method={cfg.method.name} leaves nothing to train: the checkpoint is "
+            "already that model (evaluate it with ckpt=)"
+        )
+    meta = checkpoint.read_meta(folder)
+    if len(meta.exit_layers) != 1:
+        raise UserError(
+            f"train.init_from={folder} has {len(meta.exit_layers)} exits: it must be a fine-tuned "
+            "single-exit model (method=static)"
+        )
+    if meta.backbone != cfg.backbone.name or meta.family != cfg.backbone.family:
+        raise UserError(
+            f"train.init_from={folder} was trained on backbone {meta.backbone}, not {cfg.backbone.name}"
+        )
+    if meta.num_labels != cfg.task.num_labels:
+        raise UserError(
+            f"train.init_from={folder} has {meta.num_labels} labels, task {cfg.task.name} has "
+            f"{cfg.task.num_labels}"
+        )
+    saved = OmegaConf.load(folder / "config.yaml")
+    assert isinstance(saved, DictConfig)
+    differs = [f"seed ({saved.get('seed')} vs {cfg.seed})"] if saved.get("seed") != cfg.seed else []
+    differs += [
+        f"task.{key} ({saved.task.get(key)} vs {getattr(cfg.task, key)})"
+        for key in SPLIT_SETTINGS
+        if saved.task.get(key) != getattr(cfg.task, key)
+    ]
+    if differs:
+        raise UserError(
+            f"train.init_from={folder} was trained on other data ({', '.join(differs)}): its training "
+            "examples could be in this run's calibration split; fine-tune it with the same seed and task settings"
+        )
+    return meta
+
+
+def load_into(model: MultiExitModel, folder: Path, meta: checkpoint.CheckpointMeta) -> None:
+    """The checkpoint's backbone and its one classifier into `model`'s backbone and last exit."""
+    ours, theirs = model.head_spec, meta.head_spec()
+    shape = (
+        ("kind", "pooling", "width", "attention_heads") if ours.kind == "fastbert" else ("kind", "pooling")
+    )
+    if any(getattr(ours, k) != getattr(theirs, k) for k in shape):
+        raise UserError(
+            f"train.init_from={folder} has a {theirs.kind} head ({theirs.pooling} pooling), this method's "
+            f"last exit a {ours.kind} head ({ours.pooling} pooling): fine-tune the checkpoint with "
+            f"method=static method.head={ours.kind}"
+        )
+    source = load_file(str(folder / checkpoint.WEIGHTS))
+    last = model.num_exits - 1
+    mapped: dict[str, torch.Tensor] = {}
+    for key, value in source.items():
+        if key.startswith("heads."):
+            _, module, index, rest = key.split(".", 3)
+            target = getattr(model.heads, module)
+            mapped[f"heads.{module}.{last if len(target) > 1 else int(index)}.{rest}"] = value
+        else:
+            mapped[key] = value
+    try:
+        missing, unexpected = model.load_state_dict(mapped, strict=False)
+    except RuntimeError as e:  # a tensor of another shape: another size of the same family
+        raise UserError(
+            f"train.init_from={folder} does not fit this model ({str(e).splitlines()[-1].strip()})"
+        ) from None
+    backbone_missing = [k for k in missing if k.startswith("backbone.")]
+    if unexpected or backbone_missing:
+        raise UserError(
+            f"train.init_from={folder} does not fit this model (unexpected {unexpected[:3]}, missing "
+            f"{backbone_missing[:3]}): it must be a method=static checkpoint of backbone {meta.backbone}"
+        )
