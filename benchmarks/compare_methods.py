@@ -2,7 +2,7 @@
 
 For each method (its latest evaluate run): full-depth accuracy (the last exit alone), each exit's
 accuracy, the accuracy and speed-ups at the calibrated threshold, and the best accuracy reached at
->= 2x and >= 3x layer speed-up on the evaluation threshold curve (the curve is the same cached
+>= 2x and >= 3x (and each of --speedups) layer speed-up on the evaluation threshold curve (the curve is the same cached
 all-exits pass, priced at every threshold of the rule's grid).
 
     python benchmarks/compare_methods.py OUTDIR [--split validation]
@@ -42,6 +42,7 @@ def main() -> None:
     p.add_argument("outdir", type=Path)
     p.add_argument("--split", default="validation")
     p.add_argument("--experiment", default="sst2")
+    p.add_argument("--speedups", default="1.5,2,2.5,3,4,5", help="rows of the accuracy-at-speed-up table")
     a = p.parse_args()
     mlflow.set_tracking_uri(f"sqlite:///{(a.outdir / 'mlflow.db').resolve()}")
     client = MlflowClient()
@@ -51,7 +52,8 @@ def main() -> None:
     runs = runs[~runs["tags.elastic.method"].isin(["elang", "multi_model"])]
     trains = mlflow.search_runs(experiment_names=[a.experiment])
     trains = trains[trains["tags.elastic.stage"] == "train"]
-    rows, exit_rows = [], []
+    rows, exit_rows, at_speedup = [], [], {}
+    speedups = [float(x) for x in a.speedups.split(",")]
     for method, group in runs.groupby("tags.elastic.method", sort=False):
         run = group.iloc[0]
         local = Path(client.download_artifacts(run["run_id"], f"{a.split}/threshold_curve.csv"))
@@ -82,10 +84,14 @@ def main() -> None:
             }
         )
         exit_rows.append({"method": method, **{f"L{layer}": acc for layer, acc in exits}})
+        at_speedup[method] = [accuracy_at(curve, x) for x in speedups]
     table = pd.DataFrame(rows)
     print(markdown(table))
     print()
     print(markdown(pd.DataFrame(exit_rows), digits=3))
+    print()
+    print("best accuracy at a layer speed-up of at least x:")
+    print(markdown(pd.DataFrame({"speed-up >=": [f"{x:g}" for x in speedups], **at_speedup})))
 
 
 if __name__ == "__main__":
