@@ -2,8 +2,8 @@
 
 For each method (its latest evaluate run): full-depth accuracy (the last exit alone), each exit's
 accuracy, the accuracy and speed-ups at the calibrated threshold, and the best accuracy reached at
->= 2x and >= 3x (and each of --speedups) layer speed-up on the evaluation threshold curve (the curve is the same cached
-all-exits pass, priced at every threshold of the rule's grid).
+>= 2x and >= 3x (and each of --speedups) layer speed-up on the evaluation threshold curve (the
+curve is the same cached all-exits pass, priced at every threshold of the rule's grid).
 
     python benchmarks/compare_methods.py OUTDIR [--split validation]
 """

@@ -39,8 +39,9 @@ def test_deebert_stage_two_starts_from_the_static_checkpoint(static):
     printed = proc.stdout + proc.stderr
     assert "stage 1 done: backbone and final classifier from" in printed
     assert "train stage 2 (sum_intermediate)" in printed and "train stage 1" not in printed
-    ours, theirs = load_file(str(_folder(root, "deebert") / "model.safetensors")), load_file(
-        str(source / "model.safetensors")
+    ours, theirs = (
+        load_file(str(_folder(root, "deebert") / "model.safetensors")),
+        load_file(str(source / "model.safetensors")),
     )
     backbone = [k for k in theirs if k.startswith("backbone.")]
     assert backbone and all(torch.equal(ours[k], theirs[k]) for k in backbone)

@@ -10,6 +10,7 @@ could hold this run's calibration examples.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,8 +34,19 @@ def stages_done(stages: list[TrainStageConfig]) -> int:
     return n
 
 
-def check_source(cfg: RootConfig, folder: Path, stages: list[TrainStageConfig]) -> checkpoint.CheckpointMeta:
-    """The checkpoint's metadata, once it is known to stand for this run's first stages."""
+@dataclass
+class Start:
+    """A checked `train.init_from` checkpoint and how many of the method's stages it stands for."""
+
+    folder: Path
+    meta: checkpoint.CheckpointMeta
+    stages_done: int
+
+
+def check_source(cfg: RootConfig, stages: list[TrainStageConfig]) -> Start:
+    """Check `train.init_from` against this run (before anything is loaded): it must stand for the
+    method's first stages, on the same backbone, labels and data."""
+    folder = Path(str(cfg.train.init_from)).expanduser().resolve()
     skip = stages_done(stages)
     if skip == 0:
         raise UserError(
@@ -74,11 +86,12 @@ def check_source(cfg: RootConfig, folder: Path, stages: list[TrainStageConfig]) 
             f"train.init_from={folder} was trained on other data ({', '.join(differs)}): its training "
             "examples could be in this run's calibration split; fine-tune it with the same seed and task settings"
         )
-    return meta
+    return Start(folder, meta, skip)
 
 
-def load_into(model: MultiExitModel, folder: Path, meta: checkpoint.CheckpointMeta) -> None:
+def load_into(model: MultiExitModel, start: Start) -> None:
     """The checkpoint's backbone and its one classifier into `model`'s backbone and last exit."""
+    folder, meta = start.folder, start.meta
     ours, theirs = model.head_spec, meta.head_spec()
     shape = (
         ("kind", "pooling", "width", "attention_heads") if ours.kind == "fastbert" else ("kind", "pooling")

@@ -110,15 +110,16 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
     folder = checkpoint.checkpoint_dir(cfg)
 
     with tracking.stage_run(cfg, raw):
+        if cfg.train.init_from and isinstance(method, CascadeMethod):
+            raise UserError(
+                "train.init_from is for a two-stage method; a cascade reuses trained models with "
+                "method.swift_ckpt= / method.super_ckpt="
+            )
+        start = init_from.check_source(cfg, method.stages()) if cfg.train.init_from else None
         data = load_task_data(cfg.task, cfg.seed)
         if isinstance(method, CascadeMethod):
-            if cfg.train.init_from:
-                raise UserError(
-                    "train.init_from is for a two-stage method; a cascade reuses trained models with "
-                    "method.swift_ckpt= / method.super_ckpt="
-                )
             return _train_cascade(cfg, raw, method, data, folder, device, started)
-        fitted = _fit(cfg, method, cfg.backbone, None, data, device)
+        fitted = _fit(cfg, method, cfg.backbone, None, data, device, start=start)
         meta = _meta(cfg, cfg.method.name, cfg.backbone, fitted, started)
         checkpoint.save(folder, fitted.model, fitted.tokenizer, raw, meta)
         scores = fitted.best.scores
@@ -143,9 +144,11 @@ def _fit(
     data: TaskData,
     device: torch.device,
     prefix: str = "",
+    start: init_from.Start | None = None,
 ) -> Fitted:
     """Build `method`'s model on `backbone_cfg` (its first `keep_layers` layers, if set) and train it
-    stage by stage; the model comes back with the best weights loaded."""
+    stage by stage, the stages `start` stands for skipped; the model comes back with the best weights
+    loaded."""
     train_texts = [t for row in data.train.texts for t in row]
     backbone, tokenizer = build_backbone(backbone_cfg, train_texts=train_texts, seed=cfg.seed)
     if keep_layers is not None:
@@ -180,18 +183,16 @@ def _fit(
     best = Best()
     step = 0
     skip = 0
-    if cfg.train.init_from and not prefix:
-        source = Path(cfg.train.init_from).expanduser().resolve()
-        init_from.load_into(model, source, init_from.check_source(cfg, source, method.stages()))
-        skip = init_from.stages_done(method.stages())
-        console.print(f"stage 1 done: backbone and final classifier from {source}")
-        fingerprint = checkpoint.weights_fingerprint(source)
-        tracking.log_params({"init_from": str(source), "init_from_weights": fingerprint})
-        best = Best(state=_state(model))
+    if start is not None:
+        init_from.load_into(model, start)
+        skip = start.stages_done
+        console.print(f"stage 1 done: backbone and final classifier from {start.folder}")
+        fingerprint = checkpoint.weights_fingerprint(start.folder)
+        tracking.log_params({"init_from": str(start.folder), "init_from_weights": fingerprint})
     for s, stage in enumerate(method.stages()):
         if s < skip:
             continue
-        if s > 0:
+        if s > skip:
             model.load_state_dict(best.state)  # a later stage starts from the best of the one before
             best = Best()
         best, step = _train_stage(
@@ -387,13 +388,10 @@ def _train_stage(
             score = float(scores[-1] if final_only else scores.mean())
             bar.update(task, info=f"epoch {epoch} {'final' if final_only else 'mean'} exit score {score:.4f}")
             if score > best.score:
-                best = Best(score=score, scores=np.asarray(scores), state=_state(model), step=step, stage=s)
+                state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                best = Best(score=score, scores=np.asarray(scores), state=state, step=step, stage=s)
     model.requires_grad_(True)
     return best, step
-
-
-def _state(model: MultiExitModel) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def _print_summary(exit_names: list[str], scores: np.ndarray, folder: Path) -> None:
