@@ -317,8 +317,19 @@ class LearnedToExit(ExitRule):
     def grid(
         self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
     ) -> torch.Tensor:
-        # squared spacing: dense near 0, where confident examples' scores sit (BERxiT's default is 0.005)
-        return torch.linspace(0.0, 1.0, size, dtype=torch.float64) ** 2
+        # squared spacing: dense near 0, where BERxiT's default (0.005) sits ...
+        fixed = (
+            torch.linspace(0.0, 1.0, size if signals is None else max(size // 2, 2), dtype=torch.float64) ** 2
+        )
+        if signals is None or signals.lte is None or signals.num_exits < 2 or signals.lte.shape[0] == 0:
+            return fixed
+        # ... and the rest on the quantiles of the scores where a decision is made (every exit but the
+        # last): a trained module's scores can bunch in a narrow band (0.38-0.52 for BERxiT on mpnet-base,
+        # SST-2), which a fixed grid crosses in a step or two, from "nearly no exit" to "all at the first"
+        s = signals.lte[:, :-1].double().flatten()
+        q = torch.quantile(s, torch.linspace(0.0, 1.0, max(size - len(fixed) - 1, 1), dtype=torch.float64))
+        top = torch.clamp(s.max() + 1e-6, max=1.0)  # `lte < threshold`: every example exits at the first exit
+        return torch.unique(torch.cat([fixed, q, top.view(1)]))
 
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         if signals.lte is None:
