@@ -15,8 +15,8 @@ dataclass named in `schema`, in elastic_cli/config.py.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
-from typing import ClassVar, TypeVar
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
@@ -376,6 +376,12 @@ class Energy(ExitRule):
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         s = self.score(signals.logits)
         return s >= _threshold(threshold, s)
+
+
+def rule_settings(cfg: ExitRuleConfig) -> dict[str, Any]:
+    """The settings that change a rule's decisions besides its threshold (e.g. ELBERT's window, the
+    energy temperature): a threshold calibrated under one set means nothing under another."""
+    return {k: v for k, v in asdict(cfg).items() if k not in ("threshold", "sweep")}
 
 
 def build_rule(cfg: ExitRuleConfig) -> ExitRule:

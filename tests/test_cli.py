@@ -243,16 +243,8 @@ def test_every_method_runs_the_pipeline(workdir: Path, tmp_path: Path, method: s
     out = tmp_path / "out"
     args = [a for a in TINY if not a.startswith("method=")]
     extra = ["method.exit.window=2"] if method == "elbert" else []
-    _pipeline(
-        workdir,
-        f"method={method}",
-        *args,
-        *extra,
-        f"task.data_dir={workdir / 'data'}",
-        f"outputs={out}",
-        "train.epochs=4",
-        "evaluate.latency_samples=8",
-    )
+    common = [f"method={method}", *args, f"task.data_dir={workdir / 'data'}", f"outputs={out}"]
+    _pipeline(workdir, *common, *extra, "train.epochs=4", "evaluate.latency_samples=8")
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
@@ -263,6 +255,12 @@ def test_every_method_runs_the_pipeline(workdir: Path, tmp_path: Path, method: s
     assert ev["tags.elastic.method"] == method
     assert ev["metrics.accuracy"] > 0.6  # every method learns the synthetic task
     assert ev["metrics.adaptive_agreement"] == 1.0
+    if method == "elbert":  # a threshold calibrated with one window is not applied under another
+        _one_line_error(
+            elastic("evaluate", *common, "method.exit.window=3", cwd=workdir),
+            "method.exit.window=2 there, 3 here",
+            "elastic calibrate",
+        )
 
 
 def _write_regression_task(folder: Path, n_train: int = 600, n_dev: int = 150) -> None:

@@ -63,6 +63,7 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
         )
         result: dict[str, Any] = {
             "rule": rule.name,
+            "rule_settings": exits.rule_settings(cfg.method.exit),
             "threshold": float(chosen["threshold"]),
             "temperatures": [float(t) for t in temperatures],
             "exit_layers": subject.exit_layers,

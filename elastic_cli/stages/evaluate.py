@@ -49,6 +49,18 @@ def _operating_point(
             f"calibration.json was made for the {calib['rule']} rule, not {cfg.method.exit.name}: "
             "re-run `elastic calibrate` or set method.exit.threshold=..."
         )
+    # (calibrations written before rule settings were recorded carry none: nothing to compare)
+    recorded, ours = calib.get("rule_settings"), exits.rule_settings(cfg.method.exit)
+    if recorded is not None and recorded != ours:
+        differs = ", ".join(
+            f"method.exit.{k}={recorded.get(k)} there, {ours.get(k)} here"
+            for k in sorted(set(recorded) | set(ours))
+            if recorded.get(k) != ours.get(k)
+        )
+        raise UserError(
+            f"calibration.json's threshold was chosen with other rule settings ({differs}): "
+            "re-run `elastic calibrate` with these settings, or set method.exit.threshold=..."
+        )
     return float(calib["threshold"]), temperatures, "calibration"
 
 
