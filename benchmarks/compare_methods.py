@@ -1,6 +1,7 @@
 """The comparison table of benchmarks/compare_methods.sh, read back from its MLflow store.
 
-For each method (its latest evaluate run): full-depth accuracy (the last exit alone), each exit's
+For each method (its latest evaluate run; one row per exit-rule setting when it was evaluated
+under several, e.g. ELBERT's window): full-depth accuracy (the last exit alone), each exit's
 accuracy, the accuracy and speed-ups at the calibrated threshold, and the best accuracy reached at
 >= 2x and >= 3x (and each of --speedups) layer speed-up on the evaluation threshold curve (the
 curve is the same cached all-exits pass, priced at every threshold of the rule's grid).
@@ -37,6 +38,23 @@ def markdown(df: pd.DataFrame, digits: int = 4) -> str:
     return "\n".join(lines)
 
 
+def variants(runs: pd.DataFrame) -> pd.Series:
+    """A label per run for the exit-rule settings (besides the threshold) that differ between one
+    method's evaluate runs, e.g. " (window=8)"; "" for a method evaluated one way only."""
+    keys = [
+        c
+        for c in runs.columns
+        if c.startswith("params.method.exit.") and c.rsplit(".", 1)[1] not in ("threshold", "sweep")
+    ]
+    labels = pd.Series("", index=runs.index)
+    for _, group in runs.groupby("tags.elastic.method"):
+        varying = [c for c in keys if group[c].nunique(dropna=True) > 1]
+        for i, row in group.iterrows():
+            settings = ", ".join(f"{c.rsplit('.', 1)[1]}={row[c]}" for c in varying)
+            labels[i] = f" ({settings})" if settings else ""
+    return labels
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("outdir", type=Path)
@@ -51,10 +69,10 @@ def main() -> None:
     # cascades have models, not layers, as exits: benchmarks/cascade_summary.py reports them
     runs = runs[~runs["tags.elastic.method"].isin(["elang", "multi_model"])]
     trains = mlflow.search_runs(experiment_names=[a.experiment])
-    trains = trains[trains["tags.elastic.stage"] == "train"]
+    trains = trains[(trains["tags.elastic.stage"] == "train") & (trains["status"] == "FINISHED")]
     rows, exit_rows, at_speedup = [], [], {}
     speedups = [float(x) for x in a.speedups.split(",")]
-    for method, group in runs.groupby("tags.elastic.method", sort=False):
+    for (method, label), group in runs.groupby(["tags.elastic.method", variants(runs)], sort=False):
         run = group.iloc[0]
         local = Path(client.download_artifacts(run["run_id"], f"{a.split}/threshold_curve.csv"))
         curve = pd.read_csv(local)
@@ -66,7 +84,7 @@ def main() -> None:
         train = trains[trains["tags.elastic.method"] == method]
         rows.append(
             {
-                "method": method,
+                "method": method + label,
                 "rule": run.get("params.method.exit.name"),
                 "full depth": exits[-1][1],
                 "calibrated: acc": run[f"metrics.{a.split}/accuracy"],
@@ -83,8 +101,8 @@ def main() -> None:
                 else float("nan"),
             }
         )
-        exit_rows.append({"method": method, **{f"L{layer}": acc for layer, acc in exits}})
-        at_speedup[method] = [accuracy_at(curve, x) for x in speedups]
+        exit_rows.append({"method": method + label, **{f"L{layer}": acc for layer, acc in exits}})
+        at_speedup[method + label] = [accuracy_at(curve, x) for x in speedups]
     table = pd.DataFrame(rows)
     print(markdown(table))
     print()
