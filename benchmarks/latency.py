@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from elastic_cli import exits, timing
-from elastic_cli.config import BackboneConfig
+from elastic_cli.config import BackboneConfig, ExitRuleConfig
 from elastic_cli.models.loading import build_backbone
 from elastic_cli.models.multi_exit import MultiExitModel
 
@@ -42,7 +42,7 @@ def bench(name: str, n: int, warmup: int, batch_size: int, batches: int) -> None
     torch.manual_seed(0)
     backbone, tok = build_backbone(BackboneConfig(name=name, family=FAMILY[name], path=str(folder)))
     model = MultiExitModel(backbone, list(range(1, backbone.num_layers + 1)), num_labels=2).eval()
-    rule = exits.get_rule("maxprob")
+    rule = exits.build_rule(ExitRuleConfig(name="maxprob"))
     texts = sentences(max(n, batch_size * batches))
     singles = [tok(t, return_tensors="pt") for t in texts[:n]]
 
