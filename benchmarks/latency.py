@@ -46,7 +46,7 @@ def bench(name: str, n: int, warmup: int, batch_size: int, batches: int) -> None
     texts = sentences(max(n, batch_size * batches))
     singles = [tok(t, return_tensors="pt") for t in texts[:n]]
 
-    def args(enc):
+    def args(enc) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         return enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids")
 
     variants = {
