@@ -112,6 +112,16 @@ def _threshold(threshold: float | torch.Tensor, like: torch.Tensor) -> float | t
     return threshold.to(like.dtype).to(like.device) if isinstance(threshold, torch.Tensor) else threshold
 
 
+def _quantiles_and_above(scores: torch.Tensor, size: int) -> torch.Tensor:
+    """A grid for a rule without a fixed scale, from the scores where decisions are made (every exit
+    but the last): their quantiles and one point just above them all, at most `size` points (float64,
+    ascending, unique)."""
+    s = scores.double().flatten()
+    q = torch.quantile(s, torch.linspace(0.0, 1.0, max(size - 1, 1), dtype=torch.float64))
+    top = s.max() + 1e-6 * (1.0 + s.max().abs())
+    return torch.unique(torch.cat([q, top.view(1)]))
+
+
 @register
 class MaxProb(ExitRule):
     """SWEET / Sledgehammer: exit at the first exit whose top softmax probability reaches tau."""
@@ -318,18 +328,16 @@ class LearnedToExit(ExitRule):
         self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
     ) -> torch.Tensor:
         # squared spacing: dense near 0, where BERxiT's default (0.005) sits ...
-        fixed = (
-            torch.linspace(0.0, 1.0, size if signals is None else max(size // 2, 2), dtype=torch.float64) ** 2
-        )
-        if signals is None or signals.lte is None or signals.num_exits < 2 or signals.lte.shape[0] == 0:
-            return fixed
-        # ... and the rest on the quantiles of the scores where a decision is made (every exit but the
-        # last): a trained module's scores can bunch in a narrow band (0.38-0.52 for BERxiT on mpnet-base,
-        # SST-2), which a fixed grid crosses in a step or two, from "nearly no exit" to "all at the first"
-        s = signals.lte[:, :-1].double().flatten()
-        q = torch.quantile(s, torch.linspace(0.0, 1.0, max(size - len(fixed) - 1, 1), dtype=torch.float64))
-        top = torch.clamp(s.max() + 1e-6, max=1.0)  # `lte < threshold`: every example exits at the first exit
-        return torch.unique(torch.cat([fixed, q, top.view(1)]))
+        lte = signals.lte if signals is not None and signals.num_exits >= 2 else None
+        if lte is None or lte.shape[0] == 0:
+            return torch.linspace(0.0, 1.0, size, dtype=torch.float64) ** 2
+        fixed = torch.linspace(0.0, 1.0, max(size // 2, 2), dtype=torch.float64) ** 2
+        # ... and the rest on the quantiles of the scores where a decision is made: a trained module's
+        # scores can bunch in a narrow band (0.38-0.52 for BERxiT on mpnet-base, SST-2), which a fixed
+        # grid crosses in a step or two, from "nearly no exit" to "all at the first"; the point above them
+        # all (`lte < threshold`: everything exits at the first exit) stays inside [0, 1]
+        q = _quantiles_and_above(lte[:, :-1], size - len(fixed)).clamp(max=1.0)
+        return torch.unique(torch.cat([fixed, q]))
 
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         if signals.lte is None:
@@ -364,14 +372,10 @@ class Energy(ExitRule):
     ) -> torch.Tensor:
         if signals is None or signals.num_exits < 2 or signals.logits.shape[0] == 0:
             return torch.linspace(0.0, 10.0, size, dtype=torch.float64)
-        # quantiles of the scores where a decision is made (every exit but the last), and one point above
-        # them all: from "every example stays at the first model" to "every example goes on"
-        # scores in the logits' dtype, as `decide` computes them, so the lowest grid point is exactly the
-        # lowest score (in float64 it could sit an ulp above it and send that example on)
-        s = self.score(signals.logits[:, :-1]).double().flatten()
-        q = torch.quantile(s, torch.linspace(0.0, 1.0, max(size - 1, 1), dtype=torch.float64))
-        top = s.max() + 1e-6 * (1.0 + s.max().abs())
-        return torch.unique(torch.cat([q, top.view(1)]))
+        # from "every example stays at the first model" to "every example goes on"; scores in the
+        # logits' dtype, as `decide` computes them, so the lowest grid point is exactly the lowest score
+        # (in float64 it could sit an ulp above it and send that example on)
+        return _quantiles_and_above(self.score(signals.logits[:, :-1]), size)
 
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         s = self.score(signals.logits)

@@ -182,16 +182,13 @@ def _fit(
     )
     best = Best()
     step = 0
-    skip = 0
+    skip = start.stages_done if start is not None else 0
     if start is not None:
         init_from.load_into(model, start)
-        skip = start.stages_done
         console.print(f"stage 1 done: backbone and final classifier from {start.folder}")
         fingerprint = checkpoint.weights_fingerprint(start.folder)
         tracking.log_params({"init_from": str(start.folder), "init_from_weights": fingerprint})
-    for s, stage in enumerate(method.stages()):
-        if s < skip:
-            continue
+    for s, stage in enumerate(method.stages()[skip:], start=skip):
         if s > skip:
             model.load_state_dict(best.state)  # a later stage starts from the best of the one before
             best = Best()
