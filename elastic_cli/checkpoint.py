@@ -11,22 +11,28 @@ A checkpoint folder holds
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
+import re
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
+from elastic_cli import files
 from elastic_cli.config import RootConfig
 from elastic_cli.errors import UserError
-from elastic_cli.models.heads import HeadSpec
-from elastic_cli.models.loading import backbone_from_folder, save_backbone_files
+from elastic_cli.models.adapters import ADAPTERS
+from elastic_cli.models.heads import HEAD_KINDS, HeadSpec
+from elastic_cli.models.loading import backbone_from_folder, first_line, read_json_object, save_backbone_files
 from elastic_cli.models.multi_exit import MultiExitModel
 
 # bumped whenever the weights' layout changes, so an old checkpoint fails with a message, not a traceback
@@ -52,6 +58,7 @@ class CheckpointMeta:
     lte: bool = False
     train_metrics: dict[str, Any] = field(default_factory=dict)
     format: int = 1  # checkpoints written before the field existed are format 1
+    weights: str = ""  # sha256 of model.safetensors, taken at save time ("" in older checkpoints)
 
     def head_spec(self) -> HeadSpec:
         return HeadSpec(**{"pooling": self.pooling, **self.head})
@@ -75,9 +82,8 @@ def checkpoint_dir(cfg: RootConfig) -> Path:
 
 def _swap_in(tmp: Path, folder: Path) -> None:
     # Replace `folder` by the fully written `tmp`: a reader sees the old or the new checkpoint, never half.
-    old = folder.with_name(folder.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
+    # The old one goes to a fresh temporary name first (never `<folder>.old`, a name a user could own).
+    old = files.aside_name(folder)
     if folder.exists():
         os.replace(folder, old)
     os.replace(tmp, folder)
@@ -85,20 +91,154 @@ def _swap_in(tmp: Path, folder: Path) -> None:
         shutil.rmtree(old)
 
 
+# what a checkpoint folder may hold: anything else there is not ours, and train refuses to replace it
+OWN_ENTRIES = frozenset(
+    {WEIGHTS, META, CALIBRATION, "backbone", "config.yaml", "cache", "members", "cascade.json"}
+)
+
+
+def check_replaceable(folder: Path, method: str, backbone: str, task: str) -> str | None:
+    """Refuse (one line) unless `folder` is absent, empty, or an elastic checkpoint of this
+    method/backbone/task holding nothing of anyone else's; say what a save would replace."""
+    if not folder.exists() and not folder.is_symlink():
+        return None
+    if folder.is_symlink() or not folder.is_dir():
+        raise UserError(
+            f"ckpt={folder} is {'a link' if folder.is_symlink() else 'a file'}, not a checkpoint folder: "
+            "choose a new or empty folder for ckpt="
+        )
+    entries = sorted(p.name for p in folder.iterdir())
+    if not entries:
+        return None
+    strangers = [name for name in entries if name not in OWN_ENTRIES]
+    meta_file = folder / (CASCADE if (folder / CASCADE).is_file() else META)
+    try:
+        recorded = json.loads(meta_file.read_text())
+        assert isinstance(recorded, dict)
+        theirs = (recorded["method"], recorded.get("backbone", backbone), recorded["task"])
+    except (OSError, ValueError, KeyError, AssertionError):
+        if meta_file.is_file() and not strangers:
+            raise UserError(
+                f"ckpt={folder} holds a damaged elastic checkpoint ({meta_file.name} is unreadable), so "
+                "elastic cannot tell whose it is: delete the folder yourself if it is no longer needed, "
+                "or choose another ckpt="
+            ) from None
+        shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+        raise UserError(
+            f"ckpt={folder} exists and is not an elastic checkpoint (it holds {shown}): elastic replaces "
+            "only its own checkpoints; choose a new or empty folder for ckpt="
+        ) from None
+    if strangers:
+        raise UserError(
+            f"the checkpoint folder {folder} also holds {', '.join(strangers[:4])}, which elastic did not "
+            "write: move them out (a new checkpoint replaces the whole folder) or choose another ckpt="
+        )
+    ours = (method, backbone, task)
+    if theirs != ours:
+        raise UserError(
+            f"{folder} holds the checkpoint of method={theirs[0]} backbone={theirs[1]} task={theirs[2]}, "
+            f"not method={method} backbone={backbone} task={task}: choose another ckpt= (elastic replaces "
+            "only a checkpoint of the same method, backbone and task)"
+        )
+    extras = [name for name in (CALIBRATION, "cache") if (folder / name).exists()]
+    return f"the {theirs[0]} checkpoint in {folder}" + (f" (and its {', '.join(extras)})" if extras else "")
+
+
 def save(
     folder: Path, model: MultiExitModel, tokenizer: Any, raw_cfg: DictConfig, meta: CheckpointMeta
 ) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    files.clean_orphans(folder)
+    tmp = files.temp_dir(folder)
     try:
         save_model(model, str(tmp / WEIGHTS))
+        meta.weights = files.sha256(tmp / WEIGHTS)
         save_backbone_files(model.backbone, tokenizer, tmp / "backbone")
         OmegaConf.save(raw_cfg, tmp / "config.yaml", resolve=True)
         (tmp / META).write_text(json.dumps(asdict(meta), indent=2))
+        files.apply_umask_tree(tmp)
         _swap_in(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# ---------------------------------------------------------------- reading: damaged files are a UserError
+
+# what a user does about a damaged file, ending its one-line error
+_TRAIN_FIX = "re-run `elastic train` or restore it"
+_CALIBRATION_FIX = "re-run `elastic calibrate`"
+_CASCADE_FIX = "re-run `elastic train` for the cascade"
+
+
+def _conforms(value: Any, tp: Any) -> bool:
+    """Whether a JSON value is of a dataclass field's declared type (the few kinds these files hold)."""
+    origin, args = get_origin(tp), get_args(tp)
+    if tp is Any:
+        return True
+    if origin is list:
+        return isinstance(value, list) and all(_conforms(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _conforms(k, args[0]) and _conforms(v, args[1]) for k, v in value.items()
+        )
+    if origin is Union or origin is UnionType:  # Optional[X] or X | None
+        return any(_conforms(value, arg) for arg in args)
+    if tp in (int, float):  # JSON has one kind of number; true and false are not numbers
+        return isinstance(value, (int, tp)) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _type_name(tp: Any) -> str:
+    return str(tp).replace("typing.", "") if get_origin(tp) is not None else getattr(tp, "__name__", str(tp))
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _fields_problem(cls: type, data: dict[str, Any], prefix: str = "") -> str | None:
+    """What keeps `data` from being the fields of dataclass `cls` (an unknown, missing or wrongly
+    typed field), or None."""
+    hints = get_type_hints(cls)
+    fields = dataclasses.fields(cls)
+    unknown = [key for key in data if key not in {f.name for f in fields}]
+    if unknown:
+        return f"unknown field {prefix}{unknown[0]}"
+    for f in fields:
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                return f"no field {prefix}{f.name}"
+        elif not _conforms(data[f.name], hints[f.name]):
+            return f"{prefix}{f.name} is {_show(data[f.name])}, not {_type_name(hints[f.name])}"
+    return None
+
+
+def _meta_problem(data: dict[str, Any]) -> str | None:
+    """What keeps meta.json's `data` from describing a model that can be built, or None."""
+    problem = _fields_problem(CheckpointMeta, data)
+    if problem is not None:
+        return problem
+    head = {"pooling": data["pooling"], **data.get("head", {})}
+    problem = _fields_problem(HeadSpec, head, "head.")
+    if problem is not None:
+        return problem
+    spec = HeadSpec(**head)
+    layers = data["exit_layers"]
+    if not layers or layers[0] < 1 or any(b <= a for a, b in zip(layers, layers[1:], strict=False)):
+        return f"exit_layers is {_show(layers)}, not rising layer numbers from 1"
+    if data["num_labels"] < 1 or data["max_seq_length"] < 1:
+        return f"num_labels is {data['num_labels']}, max_seq_length {data['max_seq_length']}"
+    if data["family"] not in ADAPTERS:
+        return f"family {data['family']!r} is not one of {', '.join(ADAPTERS)}"
+    if spec.kind not in HEAD_KINDS or spec.pooling not in ("cls", "mean"):
+        return f"head kind {spec.kind!r} with {spec.pooling!r} pooling is not a head elastic builds"
+    heads = spec.attention_heads
+    if spec.kind == "fastbert" and (spec.width < 1 or heads < 1 or spec.width % heads):
+        return f"a fastbert head of width {spec.width} cannot have {spec.attention_heads} attention heads"
+    if not 0.0 <= spec.dropout < 1.0:
+        return f"head.dropout is {spec.dropout}"
+    return None
 
 
 def read_meta(folder: Path) -> CheckpointMeta:
@@ -107,18 +247,70 @@ def read_meta(folder: Path) -> CheckpointMeta:
             f"no checkpoint in {folder}: run `elastic train` with the same method/backbone/task/seed first, "
             "or point ckpt= at a checkpoint folder"
         )
-    meta = CheckpointMeta(**json.loads((folder / META).read_text()))
-    if meta.format != FORMAT:
+    path = folder / META
+    data = read_json_object(path, _TRAIN_FIX)
+    version = data.get("format", 1)  # checkpoints written before the field existed are format 1
+    if version != FORMAT:
         raise UserError(
-            f"the checkpoint in {folder} has format {meta.format}, this elastic reads format {FORMAT}: "
+            f"the checkpoint in {folder} has format {version}, this elastic reads format {FORMAT}: "
             "re-run `elastic train` (or use the elastic version that wrote it)"
         )
-    return meta
+    problem = _meta_problem(data)
+    if problem is not None:
+        raise UserError(f"{path} is corrupt ({problem}): {_TRAIN_FIX}")
+    return CheckpointMeta(**data)
+
+
+_SIZE_MISMATCH = re.compile(
+    r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[.*?\])\) from checkpoint, "
+    r"the shape in current model is torch\.Size\((\[.*?\])\)"
+)
+_KEY_MISMATCH = re.compile(r"(Missing|Unexpected) key\(s\) in state_dict: \"?([^\",\s]+)")
+
+
+def _misfit(folder: Path, message: str) -> str:
+    """One line for load_state_dict's report that the weights do not fit the model built from the
+    checkpoint's meta.json and backbone/config.json: which tensor, and which file describes it."""
+    size = _SIZE_MISMATCH.search(message)
+    keys = _KEY_MISMATCH.search(message)
+    if size is not None:
+        key, theirs, ours = size.groups()
+        what = f"size mismatch for {key}: {theirs} in the weights, {ours} in the model"
+    elif keys is not None:
+        key = keys.group(2)
+        what = f"{'a weight the model lacks' if keys.group(1) == 'Unexpected' else 'no weight'} for {key}"
+    else:
+        key, what = "", first_line(RuntimeError(message.split(":", 1)[-1]))
+    culprit = "backbone/config.json" if key.startswith("backbone.") else META
+    return (
+        f"the weights in {folder / WEIGHTS} do not fit the model that {folder / culprit} describes "
+        f"({what}): restore {culprit} or re-run `elastic train`"
+    )
+
+
+def _load_weights(model: MultiExitModel, folder: Path, device: torch.device) -> None:
+    path = folder / WEIGHTS
+    try:
+        load_model(model, str(path), device=str(device))
+    except SafetensorError as err:
+        raise UserError(f"{path} is corrupt or truncated ({first_line(err)}): {_TRAIN_FIX}") from None
+    except OSError as err:
+        raise UserError(f"cannot read {path} ({err.strerror or first_line(err)}): {_TRAIN_FIX}") from None
+    except RuntimeError as err:  # only load_state_dict's report of names or shapes that differ
+        if not str(err).startswith("Error(s) in loading state_dict"):
+            raise
+        raise UserError(_misfit(folder, str(err))) from None
 
 
 def load(folder: Path, device: torch.device) -> tuple[MultiExitModel, Any, CheckpointMeta]:
     meta = read_meta(folder)
     adapter, tokenizer = backbone_from_folder(folder / "backbone", meta.family)
+    if adapter.num_layers != meta.exit_layers[-1]:
+        raise UserError(
+            f"{folder / 'backbone' / 'config.json'} gives the backbone {adapter.num_layers} layers, "
+            f"{folder / META} ends its exits at layer {meta.exit_layers[-1]}: restore backbone/config.json "
+            "or re-run `elastic train`"
+        )
     model = MultiExitModel(
         adapter,
         meta.exit_layers,
@@ -127,27 +319,67 @@ def load(folder: Path, device: torch.device) -> tuple[MultiExitModel, Any, Check
         use_pretrained_pooler=False,
         lte=meta.lte,
     )
-    load_model(model, str(folder / WEIGHTS), device=str(device))
+    _load_weights(model, folder, device)
     model.to(device).eval()
     return model, tokenizer, meta
 
 
 def weights_fingerprint(folder: Path) -> str:
-    """Changes whenever the weights are rewritten: keys the on-disk logits cache."""
-    st = (folder / WEIGHTS).stat()
-    return f"{st.st_size}-{st.st_mtime_ns}"
+    """The content hash of the weights, recorded in meta.json when they were saved (computed here for a
+    checkpoint written before that): keys the logits cache and ties a cascade to its models."""
+    recorded = read_meta(folder).weights
+    return recorded or files.sha256(folder / WEIGHTS)
+
+
+def fingerprint_matches(folder: Path, recorded: str) -> bool:
+    """Whether the weights in `folder` are the ones `recorded` names (also the size-mtime fingerprints
+    that cascades assembled before content hashes recorded)."""
+    if re.fullmatch(r"\d+-\d+", recorded):
+        st = (folder / WEIGHTS).stat()
+        return recorded == f"{st.st_size}-{st.st_mtime_ns}"
+    return weights_fingerprint(folder) == recorded
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    files.write_text_atomic(path, json.dumps(obj, indent=2))
+
+
+# what evaluate reads of a calibration (the other keys are a record of how it was chosen)
+_CALIBRATION_KEYS: dict[str, Any] = {
+    "rule": str,
+    "threshold": float,
+    "temperatures": list[float],
+    "exits": list[str],
+    "rule_settings": dict[str, Any] | None,
+}
+
+
+def _calibration_problem(data: dict[str, Any]) -> str | None:
+    for key, tp in _CALIBRATION_KEYS.items():
+        if key not in data:
+            if key == "rule_settings":  # calibrations written before rule settings were recorded
+                continue
+            return f"no {key}"
+        if not _conforms(data[key], tp):
+            return f"{key} is {_show(data[key])}, not {_type_name(tp)}"
+    temperatures, names = data["temperatures"], data["exits"]
+    if len(temperatures) != len(names):
+        return f"{len(temperatures)} temperatures for {len(names)} exits"
+    if not all(t > 0 and math.isfinite(t) for t in temperatures):
+        return f"temperatures {_show(temperatures)} are not all positive"
+    return None
 
 
 def read_calibration(folder: Path) -> dict[str, Any] | None:
+    """calibration.json of the checkpoint in `folder`, None when it has none (not calibrated yet)."""
     path = folder / CALIBRATION
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.exists():
+        return None
+    data = read_json_object(path, _CALIBRATION_FIX)
+    problem = _calibration_problem(data)
+    if problem is not None:
+        raise UserError(f"{path} is corrupt ({problem}): {_CALIBRATION_FIX}")
+    return data
 
 
 # ---------------------------------------------------------------- cascades of separate models
@@ -179,34 +411,45 @@ def member_folder(folder: Path, entry: dict[str, str]) -> Path:
     return path if path.is_absolute() else folder / path
 
 
-def save_cascade(folder: Path, tmp: Path, raw_cfg: DictConfig, meta: CascadeMeta) -> None:
-    """Finish the cascade written into `tmp` (its members/ already saved there) and swap it in."""
-    try:
-        OmegaConf.save(raw_cfg, tmp / "config.yaml", resolve=True)
-        (tmp / CASCADE).write_text(json.dumps(asdict(meta), indent=2))
-        _swap_in(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def save_cascade(folder: Path, work: Path, raw_cfg: DictConfig, meta: CascadeMeta) -> None:
+    """Finish the cascade written into `work` (its members/ already saved there) and swap it in. A
+    failure leaves `work` as it is: its trained models are what a resumed run goes on from."""
+    OmegaConf.save(raw_cfg, work / "config.yaml", resolve=True)
+    (work / CASCADE).write_text(json.dumps(asdict(meta), indent=2))
+    files.apply_umask_tree(work)
+    _swap_in(work, folder)
 
 
-def cascade_workdir(folder: Path) -> Path:
-    """A fresh temporary folder beside `folder` to build a cascade in (removed if training fails)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+def _cascade_problem(data: dict[str, Any]) -> str | None:
+    problem = _fields_problem(CascadeMeta, data)
+    if problem is not None:
+        return problem
+    if not data["members"]:
+        return "no members"
+    for i, entry in enumerate(data["members"]):
+        missing = [key for key in ("name", "folder", "weights") if key not in entry]
+        if missing:
+            return f"members[{i}] has no {missing[0]}"
+    return None
 
 
 def read_cascade_meta(folder: Path) -> CascadeMeta:
-    meta = CascadeMeta(**json.loads((folder / CASCADE).read_text()))
-    if meta.format != FORMAT:
+    path = folder / CASCADE
+    data = read_json_object(path, _CASCADE_FIX)
+    version = data.get("format", FORMAT)
+    if version != FORMAT:
         raise UserError(
-            f"the cascade in {folder} has format {meta.format}, this elastic reads format {FORMAT}: "
+            f"the cascade in {folder} has format {version}, this elastic reads format {FORMAT}: "
             "re-run `elastic train`"
         )
+    problem = _cascade_problem(data)
+    if problem is not None:
+        raise UserError(f"{path} is corrupt ({problem}): {_CASCADE_FIX}")
+    meta = CascadeMeta(**data)
     for entry in meta.members:
         member = member_folder(folder, entry)
         read_meta(member)
-        if weights_fingerprint(member) != entry["weights"]:
+        if not fingerprint_matches(member, entry["weights"]):
             raise UserError(
                 f"the {entry['name']} model of the cascade in {folder} ({member}) was rewritten after the "
                 "cascade was assembled: re-run `elastic train` for the cascade"

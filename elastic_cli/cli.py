@@ -1,7 +1,9 @@
 """`elastic STAGE [overrides...]`: pops the stage name and hands the rest to that stage's Hydra app.
 
 Hydra's own flags work after the stage (`--help`, `--cfg job`, `-m`). Bad input of any kind ends in
-one line on stderr and exit code 2; a bug still shows its traceback.
+one line on stderr and exit code 2; a bug still shows its traceback. Ctrl-C and SIGTERM (Slurm,
+Kubernetes, `timeout`) unwind the same way: the MLflow run ends KILLED, partial files are removed, one
+line, exit code 130 or 143.
 """
 
 from __future__ import annotations
@@ -9,8 +11,10 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import NoReturn
 
 import hydra
@@ -111,12 +115,26 @@ _EXIT_SHORTHAND = re.compile(r"^method\.exit=([A-Za-z_][A-Za-z0-9_]*(?:,[A-Za-z_
 _SWIFT_SHORTHAND = re.compile(
     r"^method\.swift=([A-Za-z0-9_][A-Za-z0-9_.-]*(?:,[A-Za-z0-9_][A-Za-z0-9_.-]*)*)$"
 )
+# a threshold grid, `a,b,c` or `[a,b,c]` (anything unquoted with a comma, a bracket or a parenthesis): one
+# value of method.exit.sweep, never a multirun over it; config.validate checks its items are thresholds
+_GRID_SHORTHAND = re.compile(r"^method\.exit\.sweep=([^'\"]*[,(\[][^'\"]*)$")
 
 
 def _exit_group_shorthand(arg: str) -> str:
     """`method.exit=patience` means the nested config group `method/exit=patience`: the exit node
     is a config, so a bare name can only mean one of its options. Likewise `method.swift=minilm-l6`
-    (E-LANG's swift model) picks a backbone config: `backbone@method.swift=minilm-l6`."""
+    (E-LANG's swift model) picks a backbone config: `backbone@method.swift=minilm-l6`.
+
+    `method.exit.sweep=0.6,0.9` (or `[0.6,0.9]`) is the grid of `sweep=thresholds`, one string: Hydra
+    would read the bare comma list (or `range(...)`) as a multirun over the grid itself and sweep the
+    default grid once per value, so it is quoted (`method.exit.sweep='0.6,0.9'`)."""
+    match = _GRID_SHORTHAND.match(arg)
+    if match:
+        grid = match.group(1).strip()
+        if grid.startswith("[") and grid.endswith("]"):
+            grid = grid[1:-1]
+        items = ",".join(filter(None, (item.strip() for item in grid.split(","))))
+        return f"method.exit.sweep='{items}'"
     match = _EXIT_SHORTHAND.match(arg)
     if match:
         return f"method/exit={match.group(1)}"
@@ -132,6 +150,24 @@ def fail(err: BaseException) -> NoReturn:
     sys.exit(2)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that the same unwinding happens."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # One unwinding: a second SIGTERM must not cut short the cleanup of the first (SIGKILL still works).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()
+
+
+def _stopped(message: str, code: int) -> NoReturn:
+    from elastic_cli import hydra_callbacks
+
+    hydra_callbacks.mark_interrupted()  # a sweep's parent run, ended at exit, is KILLED
+    print(message, file=sys.stderr)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -145,13 +181,18 @@ def main(argv: list[str] | None = None) -> None:
     # Let exceptions reach us instead of Hydra's multi-line report, so bad input is one line.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     sys.argv = [f"elastic {stage}", *args]
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         MAINS[stage]()
     except _user_errors() as err:
         fail(err)
+    except Terminated:
+        _stopped("terminated by SIGTERM", 128 + signal.SIGTERM)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        _stopped("interrupted", 128 + signal.SIGINT)
     except BrokenPipeError:  # `elastic train --help | head`
         sys.stderr.close()
         sys.exit(0)
+    else:
+        # kept on the ways out: a sweep parent ended at exit still ends KILLED on a SIGTERM meanwhile
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

@@ -1,19 +1,25 @@
 """Dataclass schemas of every config group, registered in Hydra's ConfigStore.
 
 Each YAML in conf/<group>/ names its schema in its defaults list (`schema/<group>@_here_`... see the
-YAMLs), so a typo or a wrong type fails at composition. Checks that span fields (a threshold in its
-range, exit layers within the depth) live in `validate()`, run by every stage before any work.
+YAMLs), so a typo or a wrong type fails at composition. Checks of values live in `validate()`, run by
+every stage before any work: every numeric setting against its range (the table RANGES), and checks that
+span fields (a threshold and the sweep grid in the exit rule's range, the shape of the exit layers).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from elastic_cli.errors import UserError
+
+if TYPE_CHECKING:
+    from elastic_cli.exits import ExitRule
 
 
 @dataclass
@@ -46,7 +52,8 @@ class ExitRuleConfig:
     name: str = "maxprob"
     # None: take the threshold chosen by `calibrate` (calibration.json beside the checkpoint)
     threshold: float | None = None
-    # the grid of `sweep=thresholds`, as a Hydra choice list
+    # the grid of `sweep=thresholds`: thresholds separated by commas (`method.exit.sweep=0.6,0.9` on the
+    # command line is this one string, not a multirun: see cli._exit_group_shorthand)
     sweep: str = "0.5,0.6,0.7,0.8,0.85,0.9,0.95,0.99"
 
 
@@ -171,12 +178,15 @@ class TrainConfig:
     lr: float = 2e-5
     batch_size: int = 32
     epochs: float = 3.0
-    max_steps: int = -1  # > 0 overrides epochs
+    max_steps: int = -1  # > 0 overrides epochs; 0 or less: off
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     log_every: int = 10
     head_lr: float | None = None  # lr of exit heads; None: same as lr
+    # write a resumable training state every N optimizer steps; 0: only at each epoch's end
+    save_every: int = 500
+    resume: bool = True  # resume from the state an interrupted run of this config left; false: start over
     # a fine-tuned method=static checkpoint standing for the leading final_only stages (DeeBERT, FastBERT)
     init_from: str | None = None
 
@@ -270,37 +280,199 @@ def to_root(cfg: DictConfig) -> RootConfig:
     return root
 
 
+@dataclass(frozen=True)
+class Bound:
+    """The allowed values of a numeric setting: `holds(value)`, and how the error message says it."""
+
+    holds: Callable[[float], bool]
+    says: str
+
+
+def at_least(low: float) -> Bound:
+    return Bound(lambda value: value >= low, f">= {low:g}")
+
+
+POSITIVE = Bound(lambda value: value > 0, "> 0")
+NON_NEGATIVE = at_least(0)
+FRACTION = Bound(lambda value: 0 <= value < 1, "in [0, 1)")
+OPEN_UNIT = Bound(lambda value: 0 < value < 1, "in (0, 1)")
+UNIT = Bound(lambda value: 0 <= value <= 1, "in [0, 1]")
+
+# Every numeric setting and its range, checked at composition: (setting, bound, what it is). A setting
+# that is null (unset: its default applies) or absent from this config (another method's, another exit
+# rule's, a hub backbone's `tiny`) is skipped. train.max_steps has no bound: > 0 sets the steps, the rest
+# leaves them to train.epochs. Thresholds depend on the exit rule: see `_threshold_problem`.
+RANGES: tuple[tuple[str, Bound, str], ...] = (
+    ("seed", NON_NEGATIVE, "the random seed"),
+    ("train.lr", POSITIVE, "the learning rate"),
+    ("train.head_lr", POSITIVE, "the exit heads' learning rate; null: train.lr"),
+    ("train.batch_size", at_least(1), "examples per optimizer step"),
+    ("train.epochs", POSITIVE, "passes over the training split, may be fractional"),
+    ("train.warmup_ratio", FRACTION, "the fraction of the steps spent warming up"),
+    ("train.weight_decay", NON_NEGATIVE, "AdamW's weight decay"),
+    ("train.max_grad_norm", POSITIVE, "the gradient clipping norm"),
+    ("train.log_every", at_least(1), "optimizer steps between progress updates"),
+    ("train.save_every", NON_NEGATIVE, "optimizer steps between training states; 0: each epoch's end"),
+    ("method.lte_weight", NON_NEGATIVE, "the weight of the learning-to-exit loss"),
+    ("method.head_dropout", FRACTION, "the dropout before every exit classifier"),
+    ("method.w_lr", POSITIVE, "the learning rate of ELBERT's exit weights"),
+    ("method.head_hidden", at_least(1), "the width of FastBERT's student classifier"),
+    ("method.head_attention_heads", at_least(1), "the attention heads of FastBERT's student classifier"),
+    ("method.distil_temperature", POSITIVE, "FastBERT's distillation temperature"),
+    ("method.exit.regression_threshold", POSITIVE, "the change below which regression exits agree"),
+    ("method.exit.window", at_least(1), "the exits in ELBERT's window"),
+    ("method.exit.margin", FRACTION, "ELBERT's margin above 1/C"),
+    ("method.exit.range", POSITIVE, "ELBERT's bias_3 spread"),
+    ("method.exit.temperature", POSITIVE, "the energy rule's temperature T"),
+    *(
+        (f"{backbone}.tiny.{key}", at_least(low), f"the tiny model's {what}")
+        for backbone in ("backbone", "method.swift")  # the model, and E-LANG's swift model
+        for key, low, what in (
+            ("num_layers", 1, "layers"),
+            ("hidden_size", 1, "width"),
+            ("num_heads", 1, "attention heads"),
+            ("intermediate_size", 1, "feed-forward width"),
+            ("vocab_size", 1, "vocabulary"),
+            ("max_position_embeddings", 8, "longest input"),
+        )
+    ),
+    ("task.num_labels", at_least(1), "the number of classes; 1: regression"),
+    ("task.max_train_samples", at_least(1), "training examples to keep; null: all"),
+    ("task.max_eval_samples", at_least(1), "evaluation examples to keep; null: all"),
+    ("task.max_seq_length", at_least(8), "tokens per input"),
+    ("task.calibration_fraction", OPEN_UNIT, "the part of train held out for calibration"),
+    ("task.calibration_max_samples", at_least(1), "the cap on the calibration split; null: none"),
+    ("device.threads", at_least(1), "torch's CPU threads; null: torch's default"),
+    ("device.eval_batch_size", at_least(1), "examples per evaluation batch"),
+    ("device.throughput_batch_size", at_least(1), "examples per throughput batch"),
+    ("calibrate.tolerance", NON_NEGATIVE, "the accuracy a threshold may lose"),
+    ("calibrate.speedup", at_least(1), "the speed-up the threshold must reach"),
+    ("calibrate.super_fraction", UNIT, "the fraction of examples the last exit may get"),
+    ("calibrate.grid_size", at_least(2), "thresholds tried"),
+    ("evaluate.latency_samples", at_least(1), "examples timed at batch 1"),
+    ("evaluate.latency_warmup", NON_NEGATIVE, "untimed warm-up examples"),
+    ("evaluate.throughput_batches", at_least(1), "batches timed for throughput"),
+    ("evaluate.grid_size", at_least(2), "points of the threshold curve"),
+)
+STAGE_RANGES: tuple[tuple[str, Bound, str], ...] = (
+    ("epochs", POSITIVE, "this stage's epochs; null: train.epochs"),
+    ("lr_scale", POSITIVE, "this stage's lr / train.lr"),
+)
+_ABSENT = object()
+
+
+def check_range(setting: str, value: Any, bound: Bound, what: str) -> None:
+    """A UserError naming the setting, its value and its range, unless the value is within it."""
+    if value is None or value is _ABSENT:
+        return
+    finite = not isinstance(value, float) or math.isfinite(value)
+    if not (finite and bound.holds(value)):
+        number = "" if finite else "a finite number "
+        raise UserError(f"{setting}={value} must be {number}{bound.says} ({what})")
+
+
+def _setting(cfg: Any, dotted: str) -> Any:
+    for key in dotted.split("."):
+        cfg = getattr(cfg, key, _ABSENT)
+        if cfg is None or cfg is _ABSENT:
+            return cfg
+    return cfg
+
+
 def validate(cfg: RootConfig) -> None:
     for dotted, allowed in KNOWN.items():
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section), key)
         if value not in allowed:
             raise UserError(f"{dotted}={value!r} is not one of {', '.join(allowed)}")
-    from elastic_cli.exits import build_rule  # the registry of exit rules, each with its threshold range
-
-    rule = build_rule(cfg.method.exit)
-    lo, hi = rule.threshold_range
-    t = cfg.method.exit.threshold
-    if t is not None and not lo <= t <= hi:
-        raise UserError(f"method.exit.threshold={t} is outside [{lo}, {hi}] for the {rule.name} rule")
+    for dotted, bound, what in RANGES:
+        check_range(dotted, _setting(cfg, dotted), bound, what)
     from elastic_cli.methods.objectives import OBJECTIVES
 
     stages = cfg.method.stages or [TrainStageConfig(objective=cfg.method.objective)]
-    for stage in stages:
+    for index, stage in enumerate(stages):
         if stage.objective not in OBJECTIVES:
             raise UserError(f"objective {stage.objective!r} is not one of {', '.join(sorted(OBJECTIVES))}")
         if stage.trainable not in ("all", "intermediate_heads"):
             raise UserError(f"stage trainable={stage.trainable!r} is not one of all, intermediate_heads")
-    if not 0.0 < cfg.task.calibration_fraction < 1.0:
-        raise UserError(f"task.calibration_fraction={cfg.task.calibration_fraction} must be in (0, 1)")
-    if cfg.task.max_seq_length < 8:
-        raise UserError("task.max_seq_length must be at least 8")
-    if cfg.train.batch_size < 1 or cfg.device.eval_batch_size < 1:
-        raise UserError("batch sizes must be at least 1")
-    if cfg.calibrate.tolerance < 0:
-        raise UserError("calibrate.tolerance must be >= 0")
-    if not 0.0 <= cfg.calibrate.super_fraction <= 1.0:
-        raise UserError(f"calibrate.super_fraction={cfg.calibrate.super_fraction} must be in [0, 1]")
+        for key, bound, what in STAGE_RANGES:
+            check_range(f"method.stages[{index}].{key}", getattr(stage, key), bound, what)
+    check_exit_layers(cfg.method.exit_layers)
+    task = cfg.task
+    if task.label_names and task.num_labels > 1 and len(task.label_names) != task.num_labels:
+        raise UserError(
+            f"task.label_names={list(task.label_names)} has {len(task.label_names)} names but "
+            f"task.num_labels={task.num_labels}: give one name per class"
+        )
+    for backbone in ("backbone", "method.swift"):
+        tiny = _setting(cfg, f"{backbone}.tiny")
+        if isinstance(tiny, TinyBackboneConfig) and tiny.hidden_size % tiny.num_heads:
+            raise UserError(
+                f"{backbone}.tiny.hidden_size={tiny.hidden_size} must be a multiple of "
+                f"{backbone}.tiny.num_heads={tiny.num_heads}"
+            )
+    _check_thresholds(cfg)
+
+
+def _check_thresholds(cfg: RootConfig) -> None:
+    """The threshold and every point of the sweep grid within the exit rule's range."""
+    from elastic_cli.exits import build_rule  # the registry of exit rules, each with its threshold range
+
+    exit_cfg = cfg.method.exit
+    rule = build_rule(exit_cfg)
+    t = exit_cfg.threshold
+    if t is not None:
+        problem = _threshold_problem(rule, t, cfg.task.num_labels)
+        if problem:
+            raise UserError(f"method.exit.threshold={t} {problem}")
+    grid = [item.strip() for item in str(exit_cfg.sweep).split(",")]
+    example = "method.exit.sweep=0.6,0.9" if rule.threshold_range[1] <= 1 else "method.exit.sweep=2,3,4"
+    try:
+        points = [float(item) for item in grid]
+    except ValueError:
+        points = []
+    if not points:
+        raise UserError(
+            f"method.exit.sweep={exit_cfg.sweep!r} must be thresholds separated by commas, e.g. {example}"
+        )
+    for point in points:
+        problem = _threshold_problem(rule, point, cfg.task.num_labels)
+        if problem:
+            raise UserError(f"method.exit.sweep={exit_cfg.sweep!r} holds {point:g}, which {problem}")
+
+
+def _threshold_problem(rule: ExitRule, t: float, num_labels: int) -> str | None:
+    """What is wrong with threshold `t` for `rule`, or None."""
+    lo, hi = rule.threshold_range
+    # Two bounds the rules' static ranges do not carry: entropy in nats is at most log C, and patience
+    # counts agreeing exits.
+    if rule.name == "entropy" and num_labels >= 2:
+        top = math.log(num_labels)
+        if not (math.isfinite(t) and lo <= t <= top + 5e-5):  # 0.6931 passes for log 2 = 0.693147...
+            return (
+                f"is outside [{lo}, {top:.4f}] for the entropy rule "
+                f"(at most log C, C = task.num_labels = {num_labels})"
+            )
+        return None
+    if not (math.isfinite(t) and lo <= t <= hi):
+        return f"is outside [{lo}, {hi}] for the {rule.name} rule"
+    if rule.name == "patience" and t != int(t):
+        return "must be a whole number of agreeing exits (1, 2, ...) for the patience rule"
+    return None
+
+
+def check_exit_layers(spec: Any) -> None:
+    """`method.exit_layers` is all, last, or a non-empty list of layer numbers (>= 1) or fractions of the
+    depth in (0, 1]; whether the numbers fit the backbone is checked once its depth is known."""
+    if spec in ("all", "last"):
+        return
+    if not (isinstance(spec, (list, tuple)) or OmegaConf.is_list(spec)):
+        raise UserError(f"method.exit_layers={spec!r}: use all, last, or a list such as [4,6,12]")
+    values = list(spec)
+    if not values:
+        raise UserError("method.exit_layers=[] names no exit: use all, last, or a list such as [4,6,12]")
+    for value in values:
+        _layer_of(value, 1, values)
 
 
 def parse_exit_layers(spec: Any, num_layers: int) -> list[int]:
@@ -309,20 +481,14 @@ def parse_exit_layers(spec: Any, num_layers: int) -> list[int]:
     Floats in (0, 1] are fractions of the depth, so one config serves any depth: SWEET's 0_3_5_11 on 12
     layers is [0.0833,0.333,0.5,1.0].
     """
+    check_exit_layers(spec)
     if spec == "all":
         layers = list(range(1, num_layers + 1))
     elif spec == "last":
         layers = [num_layers]
-    elif isinstance(spec, (list, tuple)) or OmegaConf.is_list(spec):
-        values = list(spec)
-        try:
-            layers = sorted({_layer_of(x, num_layers) for x in values})
-        except (TypeError, ValueError):
-            raise UserError(
-                f"method.exit_layers={values} must hold layer numbers or fractions of the depth"
-            ) from None
     else:
-        raise UserError(f"method.exit_layers={spec!r}: use all, last, or a list such as [4,6,12]")
+        values = list(spec)
+        layers = sorted({_layer_of(x, num_layers, values) for x in values})
     bad = [x for x in layers if not 1 <= x <= num_layers]
     if bad:
         raise UserError(
@@ -333,10 +499,13 @@ def parse_exit_layers(spec: Any, num_layers: int) -> list[int]:
     return layers
 
 
-def _layer_of(value: Any, num_layers: int) -> int:
-    """An int is a layer number; a float is a fraction of the depth in (0, 1]."""
-    if isinstance(value, float):
-        if not 0.0 < value <= 1.0:
-            raise ValueError(value)
+def _layer_of(value: Any, num_layers: int, spec: list[Any]) -> int:
+    """An int is a layer number (>= 1); a float is a fraction of the depth in (0, 1]."""
+    if isinstance(value, float) and 0.0 < value <= 1.0:
         return max(1, round(value * num_layers))
-    return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise UserError(
+        f"method.exit_layers={spec} holds {value!r}, neither a layer number (1, 2, ...) nor a fraction of "
+        "the depth in (0, 1]: use e.g. [4,6,12] or [0.25,0.5,1.0]"
+    )

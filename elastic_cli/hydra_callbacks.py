@@ -7,6 +7,11 @@ children's summary table, the accuracy / FLOPs speed-up Pareto figure and the be
 parent. Jobs can run in other processes (joblib, SLURM): the run id file and the tag
 mlflow.parentRunId are the only links. Hydra instantiates this class at every start, single runs too:
 nothing heavy is imported until a multirun starts.
+
+A sweep cut short never leaves its parent RUNNING: an atexit hook ends it KILLED after Ctrl-C or SIGTERM
+(the CLI calls `mark_interrupted`), FAILED after an error. The callback also checks the outputs folder
+before Hydra creates its job folders in it, so that a bad `outputs=` is one line, not a traceback, and
+the tracking store before a single run's stage loads anything (a multirun's parent checks it anyway).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import atexit
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -33,6 +38,14 @@ SWEEP_KEYS_TAG = "elastic.sweep_keys"
 SERIES_SUFFIXES = ("exit_count",)
 X_METRIC, Y_METRIC = "flops_speedup", "accuracy"
 
+_interrupted = False  # set by the CLI when Ctrl-C or SIGTERM stops the process
+
+
+def mark_interrupted() -> None:
+    """The process stops on Ctrl-C or SIGTERM: a sweep parent still open ends KILLED, not FAILED."""
+    global _interrupted
+    _interrupted = True
+
 
 @dataclass
 class SweepParent:
@@ -45,13 +58,19 @@ class MlflowSweepCallback(Callback):
     def __init__(self) -> None:
         self.parent: SweepParent | None = None
 
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_outputs(config)
+        if tracking_enabled(config):
+            _check_store(config)  # at once, not after the stage has loaded its model and data
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_outputs(config)
         if not tracking_enabled(config):
             return
         try:
             self.parent = start_sweep_parent(config)
-        except UserError:
-            raise  # an unreachable server: say so once, before any job starts
+        except UserError as err:
+            _abort(err)  # an unreachable server, a damaged store: say so once, before any job starts
         except Exception as err:  # tracking must never stop the sweep itself
             log.warning(
                 "MLflow sweep parent run not created (%s): the jobs are logged as top-level runs", err
@@ -64,7 +83,10 @@ class MlflowSweepCallback(Callback):
         self._end(force_failed=False)
 
     def _end_at_exit(self) -> None:
-        self._end(force_failed=True)
+        try:
+            self._end(force_failed=True)
+        except KeyboardInterrupt:
+            pass  # a signal during the exit: the parent is ended KILLED, the process is leaving anyway
 
     def _end(self, force_failed: bool) -> None:
         parent, self.parent = self.parent, None
@@ -72,10 +94,43 @@ class MlflowSweepCallback(Callback):
             return
         atexit.unregister(self._end_at_exit)
         try:
-            finish_sweep_parent(parent, force_failed=force_failed)
+            finish_sweep_parent(parent, force_failed=force_failed, killed=_interrupted)
         except Exception as err:
             log.warning("MLflow sweep summary failed (%s): the parent run is marked FAILED", err)
-            _terminate_quietly(parent, "FAILED")
+            _terminate_quietly(parent, "KILLED" if _interrupted else "FAILED")
+        except BaseException:  # Ctrl-C or SIGTERM while the summary is written
+            _terminate_quietly(parent, "KILLED")
+            raise
+
+
+def _check_outputs(config: DictConfig) -> None:
+    """A writable outputs folder, before Hydra creates its job folders inside (a file there, or a read-only
+    folder, would be Hydra's traceback)."""
+    from elastic_cli import tracking
+
+    outputs = OmegaConf.select(config, "outputs", default=None)
+    if outputs is None:
+        return
+    try:
+        tracking.make_outputs_folder(str(outputs))
+    except UserError as err:
+        _abort(err)
+
+
+def _check_store(config: DictConfig) -> None:
+    from elastic_cli import tracking
+
+    try:
+        tracking.ensure_reachable(tracking.resolve_uri(config))
+    except UserError as err:
+        _abort(err)
+
+
+def _abort(err: UserError) -> NoReturn:
+    # Hydra turns a callback's exception into a warning and carries on: stop with the CLI's one line
+    from elastic_cli.cli import fail
+
+    fail(err)
 
 
 def tracking_enabled(config: DictConfig) -> bool:
@@ -89,16 +144,10 @@ def start_sweep_parent(config: DictConfig) -> SweepParent:
     """Create the parent run in the task's experiment and write its id into <hydra.sweep.dir>."""
     from elastic_cli import tracking
 
-    uri = tracking.resolve_uri(config)
-    tracking.ensure_reachable(uri)
-    tracking.quiet_mlflow_store_logs()
-    from mlflow import MlflowClient
+    uri, client, experiment_id = tracking.open_experiment(config)
     from mlflow.entities import Param
     from mlflow.tracking.context.registry import resolve_tags
 
-    client = MlflowClient(uri)
-    name = tracking.experiment_name(config)
-    experiment_id = tracking.get_or_create_experiment(client, name, tracking.artifact_location(config, uri))
     overrides = sweep_overrides(config)
     stage = str(OmegaConf.select(config, "stage", default=""))
     tags = {
@@ -111,10 +160,10 @@ def start_sweep_parent(config: DictConfig) -> SweepParent:
     if commit:
         tags["elastic.git_commit"] = commit
     run_name = f"sweep {stage} {config.task.name}".replace("  ", " ")
-    run = client.create_run(experiment_id, tags=resolve_tags(tags), run_name=run_name)
+    run = tracking.with_retry(client.create_run, experiment_id, tags=resolve_tags(tags), run_name=run_name)
     run_id = run.info.run_id
     sweep_text = " ".join(overrides)[: tracking.MAX_PARAM_CHARS]
-    client.log_batch(run_id, params=[Param("sweep.overrides", sweep_text)])
+    tracking.with_retry(client.log_batch, run_id, params=[Param("sweep.overrides", sweep_text)])
     sweep_dir = Path(str(config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / tracking.PARENT_RUN_FILE).write_text(run_id + "\n", encoding="utf-8")
@@ -143,16 +192,20 @@ def swept_keys(overrides: list[str]) -> list[str]:
 # --- closing the parent --------------------------------------------------------------------------------
 
 
-def finish_sweep_parent(parent: SweepParent, force_failed: bool = False) -> pd.DataFrame:
+def finish_sweep_parent(
+    parent: SweepParent, force_failed: bool = False, killed: bool = False
+) -> pd.DataFrame:
     """Log the summary table, the Pareto figure and the best numbers; end the parent FINISHED, or FAILED
-    when a child failed, none exists, or the sweep was cut short (`force_failed`). Returns the summary."""
+    when a child failed, none exists, or the sweep was cut short (`force_failed`), or KILLED when Ctrl-C or
+    SIGTERM cut it short (`killed`). Returns the summary."""
     from mlflow import MlflowClient
 
     from elastic_cli.plots import pareto_figure
+    from elastic_cli.tracking import with_retry
 
     client = MlflowClient(parent.uri)
-    parent_run = client.get_run(parent.run_id)
-    children = child_runs(client, parent.run_id)
+    parent_run = with_retry(client.get_run, parent.run_id)
+    children = with_retry(child_runs, client, parent.run_id)
     keys = [k for k in parent_run.data.tags.get(SWEEP_KEYS_TAG, "").split(",") if k]
     summary, label_cols = summary_table(children, keys)
     failed = int((summary["status"] != "FINISHED").sum()) if len(summary) else 0
@@ -173,9 +226,10 @@ def finish_sweep_parent(parent: SweepParent, force_failed: bool = False) -> pd.D
             client.log_figure(
                 parent.run_id, pareto_figure(points, X_METRIC, Y_METRIC, "label", title), "pareto.png"
             )
-    client.log_batch(parent.run_id, metrics=_metric_entities(metrics))
-    ok = not force_failed and len(summary) > 0 and failed == 0
-    client.set_terminated(parent.run_id, status="FINISHED" if ok else "FAILED")
+    with_retry(client.log_batch, parent.run_id, metrics=_metric_entities(metrics))
+    ok = not force_failed and not killed and len(summary) > 0 and failed == 0
+    status = "KILLED" if killed else "FINISHED" if ok else "FAILED"
+    with_retry(client.set_terminated, parent.run_id, status=status)
     return summary
 
 
@@ -326,6 +380,8 @@ def _terminate_quietly(parent: SweepParent, status: str) -> None:
     try:
         from mlflow import MlflowClient
 
-        MlflowClient(parent.uri).set_terminated(parent.run_id, status=status)
+        from elastic_cli.tracking import with_retry
+
+        with_retry(MlflowClient(parent.uri).set_terminated, parent.run_id, status=status)
     except Exception as err:
         log.warning("could not end the MLflow sweep parent run %s (%s)", parent.run_id, err)

@@ -4,6 +4,13 @@ One experiment per task (`tracking.experiment` overrides the name); method, back
 params and tags. Inside a Hydra multirun the run is a child of the sweep's parent run, whose id the
 sweep callback (elastic_cli.hydra_callbacks) writes into the sweep folder. `import mlflow` costs about a
 second, so it happens inside the functions, never when this module is imported.
+
+A run never stays RUNNING by accident: it ends FINISHED, FAILED (an error) or KILLED (Ctrl-C, or SIGTERM,
+which the CLI raises as an interrupt). A process that dies by SIGKILL cannot end its run: every run is
+tagged with its checkpoint folder, host and pid, and the next stage on that checkpoint marks the RUNNING
+runs of vanished processes of this host KILLED. Processes starting together share a fresh SQLite store
+safely: it is created (MLflow's migrations) under a file lock next to the database, and a store call
+that meets "database is locked" is retried with backoff.
 """
 
 from __future__ import annotations
@@ -11,19 +18,23 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
+import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
 from elastic_cli.errors import UserError
+from elastic_cli.files import pid_alive
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,6 +47,13 @@ log = logging.getLogger(__name__)
 PARENT_RUN_FILE = "mlflow_parent_run_id"  # written into the sweep folder by the sweep callback
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 REACHABLE_TIMEOUT_S = 3.0
+CHECKPOINT_TAG, PID_TAG, HOST_TAG = "elastic.checkpoint", "elastic.pid", "elastic.host"
+STORE_LOCK_TIMEOUT_S = 300.0  # creating a store takes seconds; a lock held longer is a hung process
+# Waits before each retry of a store call that found the database locked (each try already waits up to
+# MLflow's 20 s SQLite busy timeout); then the error propagates. Jittered so that retries spread out.
+RETRY_DELAYS_S = (0.1, 0.3, 0.6, 1.0, 2.0, 4.0, 8.0)
+SQLITE_MAGIC = b"SQLite format 3\x00"
+_T = TypeVar("_T")
 
 
 # --- where runs go -------------------------------------------------------------------------------------
@@ -50,8 +68,13 @@ def resolve_uri(cfg: RootConfig | DictConfig) -> str:
         return str(cfg.tracking.uri)
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    outputs = _make_folder(Path(cfg.outputs).resolve(), "outputs")
+    outputs = make_outputs_folder(cfg.outputs)
     return f"sqlite:///{(outputs / 'mlflow.db').as_posix()}"
+
+
+def make_outputs_folder(outputs: str | Path) -> Path:
+    """The absolute outputs folder, created; one line (UserError) when it is a file or read-only."""
+    return _make_folder(Path(outputs).resolve(), "outputs")
 
 
 def artifact_location(cfg: RootConfig | DictConfig, uri: str) -> str | None:
@@ -100,15 +123,56 @@ def _check_server(uri: str) -> None:
 
 
 def _check_sqlite(uri: str) -> None:
+    database = sqlite_file(uri)
+    if database is None:
+        return
+    _make_folder(database.parent, f"MLflow database {uri}")
+    with store_lock(uri):
+        pass  # it checks the file while no other process can be half-way through creating it
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The absolute path of a local SQLite tracking store's file; None for any other store (or in memory)."""
+    if urlparse(uri).scheme != "sqlite":
+        return None
     path = uri[len("sqlite://") :].split("?", 1)[0]
     if path in ("", "/", "/:memory:"):
-        return
+        return None
     # sqlite:///relative/path.db and sqlite:////absolute/path.db (SQLAlchemy's convention)
-    database = Path(path[1:])
-    _make_folder(database.resolve().parent, f"MLflow database {uri}")
+    return Path(path[1:]).resolve()
+
+
+def check_database_file(database: Path) -> None:
+    """Refuse, in one line, a store file that is no SQLite database or is cut short (a copy or a disk that
+    ran out): SQLite would only say "file is not a database" or "malformed", deep in a traceback."""
+    if not database.exists():
+        return
+    fix = "move it away (a new store is created there) or set tracking.uri=sqlite:///<other path>.db"
+    if not database.is_file():
+        raise UserError(f"the MLflow database {database} is not a file: {fix}")
+    size = database.stat().st_size
+    if size == 0:
+        return  # SQLite takes an empty file for an empty database
+    try:
+        with database.open("rb") as f:
+            header = f.read(100)
+    except OSError as err:
+        raise UserError(f"cannot read the MLflow database {database} ({err.strerror}): {fix}") from None
+    if not header.startswith(SQLITE_MAGIC):
+        raise UserError(f"the MLflow database {database} is not an SQLite database: {fix}")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    # SQLite writes whole pages: a partial last page (or a partial header) is a truncated copy
+    if len(header) < 100 or page_size < 512 or size % page_size:
+        raise UserError(f"the MLflow database {database} is truncated ({size} bytes): {fix}")
 
 
 def _make_folder(folder: Path, what: str) -> Path:
+    if folder.exists() and not folder.is_dir():
+        raise UserError(
+            f"{folder} (the folder of the {what}) is a file, not a folder: "
+            "choose a folder with outputs=... or tracking.uri=sqlite:///<path>/mlflow.db"
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -128,10 +192,139 @@ def _is_remote(uri: str) -> bool:
     return urlparse(uri).scheme not in ("", "file", "sqlite")
 
 
+class _DropLockedReports(logging.Filter):
+    """MLflow logs every SQLite "database is locked" with a traceback; `with_retry` retries those calls."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _locked_message(record.getMessage())
+
+
 def quiet_mlflow_store_logs() -> None:
     # Creating a new sqlite store prints alembic migration lines: noise for a CLI user.
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.store.db.db_types"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    store_log = logging.getLogger("mlflow.store.db.utils")
+    if not any(isinstance(f, _DropLockedReports) for f in store_log.filters):
+        store_log.addFilter(_DropLockedReports())
+
+
+# --- opening the store: created once under a file lock, then calls retried while it is locked ----------
+
+
+def open_experiment(cfg: RootConfig | DictConfig) -> tuple[str, MlflowClient, str]:
+    """The tracking uri, a client, and the id of the task's experiment (created or restored if needed).
+
+    The store is checked first (one-line errors). A local SQLite store is created or migrated under a
+    file lock (<database>.lock): MLflow's migrations race when processes start together on a fresh store.
+    """
+    uri = resolve_uri(cfg)
+    ensure_reachable(uri)
+    quiet_mlflow_store_logs()
+    from mlflow import MlflowClient
+
+    with store_lock(uri):
+        # MlflowClient builds this process's store object (MLflow caches it): tables, migrations
+        client = with_retry(MlflowClient, uri)
+        experiment_id = with_retry(
+            get_or_create_experiment, client, experiment_name(cfg), artifact_location(cfg, uri)
+        )
+    return uri, client, experiment_id
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold <database>.lock for a local SQLite store (nothing for a server), and turn a damaged database
+    met inside into one line."""
+    database = sqlite_file(uri)
+    if database is None:
+        yield  # a server, or another database: it serialises its own schema changes
+        return
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(f"{database}.lock", timeout=STORE_LOCK_TIMEOUT_S)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise UserError(
+            f"waited {STORE_LOCK_TIMEOUT_S:.0f} s for {database}.lock: another process is creating the "
+            "MLflow store and seems hung; stop it, or set tracking.uri=sqlite:///<other path>.db"
+        ) from None
+    except OSError as err:
+        raise UserError(
+            f"cannot create the lock file {database}.lock ({err.strerror}): "
+            "choose a writable outputs=... or tracking.uri=sqlite:///<path>/mlflow.db"
+        ) from None
+    try:
+        check_database_file(database)
+        try:
+            yield
+        except Exception as err:
+            damage = _damaged(err)
+            if damage is None:
+                raise
+            raise UserError(
+                f"the MLflow database {database} is damaged ({damage}): move it away (a new store is "
+                "created there) or set tracking.uri=sqlite:///<other path>.db"
+            ) from None
+    finally:
+        lock.release()
+
+
+def with_retry(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """fn(*args, **kwargs), tried again after a jittered pause (RETRY_DELAYS_S) while the store answers
+    that the database is locked: concurrent writers to one SQLite file. Other errors propagate at once."""
+    for delay in RETRY_DELAYS_S:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            if not _locked(err):
+                raise
+            log.debug("MLflow store locked (%s): retrying in about %.1f s", _first_line(err), delay)
+        time.sleep(delay * random.uniform(0.5, 1.5))
+    try:
+        return fn(*args, **kwargs)
+    except Exception as err:
+        if not _locked(err):
+            raise
+        raise UserError(
+            f"the MLflow store stayed locked through {len(RETRY_DELAYS_S) + 1} tries "
+            f"({_first_line(err)}): another process holds it for long (a big query?); try again"
+        ) from None
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _locked_message(message: str) -> bool:
+    message = message.lower()
+    return any(
+        phrase in message
+        for phrase in ("database is locked", "database table is locked", "database schema is locked")
+    )
+
+
+def _locked(err: BaseException) -> bool:
+    return any(_locked_message(str(e)) for e in _chain(err))
+
+
+def _damaged(err: BaseException) -> str | None:
+    for e in _chain(err):
+        message = str(e).lower()
+        for phrase in ("file is not a database", "database disk image is malformed"):
+            if phrase in message:
+                return phrase
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0][:200] if lines else type(err).__name__
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, location: str | None) -> str:
@@ -253,55 +446,186 @@ def active() -> bool:
     return _active is not None
 
 
-def _is_failure(err: BaseException) -> bool:
-    if isinstance(err, SystemExit):
-        return err.code not in (0, None)
-    return True
+def active_run_id() -> str | None:
+    """The id of the run this process has open (inside an enabled `stage_run`), else None."""
+    return _active.run_id if _active is not None else None
+
+
+def end_status(err: BaseException) -> str:
+    """The status of a run its stage left by `err`: KILLED for Ctrl-C or SIGTERM (the CLI raises it as a
+    KeyboardInterrupt), FINISHED for a zero exit, FAILED for anything else."""
+    if isinstance(err, KeyboardInterrupt):
+        return "KILLED"
+    if isinstance(err, SystemExit) and err.code in (0, None):
+        return "FINISHED"
+    return "FAILED"
 
 
 @contextmanager
-def stage_run(cfg: RootConfig, raw: DictConfig, run_name: str | None = None) -> Iterator[Any]:
+def stage_run(
+    cfg: RootConfig,
+    raw: DictConfig,
+    run_name: str | None = None,
+    *,
+    checkpoint: Path | None = None,
+    resume_run_id: str | None = None,
+) -> Iterator[Any]:
     """The MLflow run of one stage (a child of the sweep's parent inside a multirun): yields the mlflow
-    ActiveRun, or None when `tracking.enabled` is false. Ends FINISHED, or FAILED on any exception (a
-    non-zero SystemExit and KeyboardInterrupt included), which propagates."""
+    ActiveRun, or None when `tracking.enabled` is false. Ends FINISHED; FAILED on an exception (a non-zero
+    SystemExit included) and KILLED on an interrupt (Ctrl-C, SIGTERM), which propagate.
+
+    `checkpoint`, the stage's checkpoint folder, is tagged on the run (with this host and pid); first, the
+    RUNNING runs of that checkpoint whose process on this host is gone (SIGKILL) are marked KILLED.
+    `resume_run_id` continues that run (back to RUNNING, with this process's tags) instead of starting
+    one; a run id the store does not hold starts a new run, with a warning."""
     global _active
     if not cfg.tracking.enabled:
         yield None
         return
     if _active is not None:
         raise RuntimeError("stage_run is already active: stages do not nest")
-    uri = resolve_uri(cfg)
-    ensure_reachable(uri)
-    quiet_mlflow_store_logs()
+    uri, client, experiment_id = open_experiment(cfg)
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient(uri)
-    experiment_id = get_or_create_experiment(client, experiment_name(cfg), artifact_location(cfg, uri))
-    sweep_dir = current_sweep_dir()
-    parent_id = parent_run_id(sweep_dir) if sweep_dir is not None else None
-    if parent_id is not None and not _run_exists(client, parent_id):
-        log.warning("sweep parent run %s is not in %s: logging a top-level run", parent_id, uri)
-        parent_id = None
-    run = mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=run_name or _default_run_name(cfg),
-        parent_run_id=parent_id,
-        tags=stage_tags(cfg),
-    )
-    _active = _ActiveRun(client, run.info.run_id)
+    folder = str(Path(checkpoint).resolve()) if checkpoint is not None else None
+    if folder is not None:
+        end_stale_runs(client, experiment_id, folder)
+    if resume_run_id is not None and not with_retry(_run_exists, client, resume_run_id):
+        log.warning("run %s to resume is not in %s: starting a new run", resume_run_id, uri)
+        resume_run_id = None
+    tags = {**stage_tags(cfg), **process_tags(folder)}
+    run = None
+    before = _fluent_run_id()
     try:
-        config = plain_config(raw)
-        log_params(flatten(config))
-        client.log_text(run.info.run_id, OmegaConf.to_yaml(OmegaConf.create(config)), "config.yaml")
+        if resume_run_id is not None:
+            run = with_retry(mlflow.start_run, run_id=resume_run_id, tags=tags)
+        else:
+            run = with_retry(
+                mlflow.start_run,
+                experiment_id=experiment_id,
+                run_name=run_name or _default_run_name(cfg),
+                parent_run_id=_parent_id(client, uri),
+                tags=tags,
+            )
+        _active = _ActiveRun(client, run.info.run_id)
+        _log_config(client, run.info.run_id, raw, resumed=resume_run_id is not None)
         yield run
     except BaseException as err:
-        mlflow.end_run(status="FAILED" if _is_failure(err) else "FINISHED")
+        # a signal can land between MLflow creating the run and `run` being set: end the fluent one
+        run_id = run.info.run_id if run is not None else _fluent_run_id()
+        if run_id is not None and run_id != before:
+            try:
+                _end_run(client, run_id, end_status(err))
+            except Exception as end_err:  # keep the stage's own error
+                log.warning("could not end MLflow run %s (%s)", run_id, _first_line(end_err))
         raise
     else:
-        mlflow.end_run(status="FINISHED")
+        _end_run(client, run.info.run_id, "FINISHED")
     finally:
         _active = None
+
+
+def process_tags(checkpoint: str | None) -> dict[str, str]:
+    """Who runs the run: this process and host (so a later stage can tell whether it died), and the
+    checkpoint folder it works on."""
+    tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    if checkpoint is not None:
+        tags[CHECKPOINT_TAG] = checkpoint
+    return tags
+
+
+def end_stale_runs(client: MlflowClient, experiment_id: str, checkpoint: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of `checkpoint` in the experiment whose process, on this host, no longer
+    exists (killed by SIGKILL, or the machine lost power). Runs of other hosts are left alone: their
+    processes cannot be seen from here. Returns the ids marked."""
+    from mlflow.entities import ViewType
+
+    host = socket.gethostname()
+    query = f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'"
+    stale: list[tuple[str, int]] = []
+    token = None
+    while True:
+        found = with_retry(
+            client.search_runs,
+            [experiment_id],
+            filter_string=query,
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+            page_token=token,
+        )
+        for run in found:
+            pid = _pid(run.data.tags.get(PID_TAG))
+            if run.data.tags.get(CHECKPOINT_TAG) == checkpoint and pid is not None and not pid_alive(pid):
+                stale.append((run.info.run_id, pid))
+        token = found.token
+        if not token:
+            break
+    for run_id, _ in stale:
+        with_retry(client.set_terminated, run_id, status="KILLED")
+    if stale:
+        log.info(
+            "marked KILLED %d RUNNING run(s) of %s whose process is gone: %s",
+            len(stale),
+            checkpoint,
+            ", ".join(f"{run_id} (pid {pid})" for run_id, pid in stale),
+        )
+    return [run_id for run_id, _ in stale]
+
+
+def _pid(text: str | None) -> int | None:
+    try:
+        pid = int(text or "")
+    except ValueError:
+        return None
+    return pid if pid > 0 else None
+
+
+def _parent_id(client: MlflowClient, uri: str) -> str | None:
+    sweep_dir = current_sweep_dir()
+    parent_id = parent_run_id(sweep_dir) if sweep_dir is not None else None
+    if parent_id is not None and not with_retry(_run_exists, client, parent_id):
+        log.warning("sweep parent run %s is not in %s: logging a top-level run", parent_id, uri)
+        return None
+    return parent_id
+
+
+def _log_config(client: MlflowClient, run_id: str, raw: DictConfig, resumed: bool) -> None:
+    """The flattened config as params and the config as config.yaml. A resumed run keeps the params it
+    has (MLflow refuses to change one): its new ones are added, and its config is config_resume.yaml."""
+    config = plain_config(raw)
+    params = flatten(config)
+    if resumed:
+        logged = with_retry(client.get_run, run_id).data.params
+        changed = sorted(key for key, value in params.items() if key in logged and logged[key] != value)
+        if changed:
+            log.warning(
+                "resumed run %s keeps its first values of %s (this config: config_resume.yaml)",
+                run_id,
+                ", ".join(changed[:8]) + (", ..." if len(changed) > 8 else ""),
+            )
+        params = {key: value for key, value in params.items() if key not in logged}
+    log_params(params)
+    text = OmegaConf.to_yaml(OmegaConf.create(config))
+    with_retry(client.log_text, run_id, text, "config_resume.yaml" if resumed else "config.yaml")
+
+
+def _end_run(client: MlflowClient, run_id: str, status: str) -> None:
+    import mlflow
+
+    try:
+        mlflow.end_run(status)  # pops MLflow's active run, then sets the status
+    except Exception as err:
+        if not _locked(err):
+            raise
+        with_retry(client.set_terminated, run_id, status=status)
+
+
+def _fluent_run_id() -> str | None:
+    import mlflow
+
+    run = mlflow.active_run()
+    return run.info.run_id if run is not None else None
 
 
 def _run_exists(client: MlflowClient, run_id: str) -> bool:
@@ -309,7 +633,9 @@ def _run_exists(client: MlflowClient, run_id: str) -> bool:
 
     try:
         return client.get_run(run_id).info.lifecycle_stage == "active"
-    except MlflowException:
+    except MlflowException as err:
+        if _locked(err):
+            raise  # with_retry asks again
         return False
 
 
@@ -330,7 +656,7 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
 
     now = _now_ms()
     batch = [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
-    _active.client.log_batch(_active.run_id, metrics=batch)
+    with_retry(_active.client.log_batch, _active.run_id, metrics=batch)
 
 
 def log_params(params: Mapping[str, Any]) -> None:
@@ -339,7 +665,7 @@ def log_params(params: Mapping[str, Any]) -> None:
     from mlflow.entities import Param
 
     batch = [Param(key, str(value)[:MAX_PARAM_CHARS]) for key, value in params.items()]
-    _active.client.log_batch(_active.run_id, params=batch)
+    with_retry(_active.client.log_batch, _active.run_id, params=batch)
 
 
 def log_exit_histogram(counts: Sequence[int], layers: Sequence[int], prefix: str = "") -> None:
@@ -359,7 +685,7 @@ def log_exit_histogram(counts: Sequence[int], layers: Sequence[int], prefix: str
         Metric(f"{prefix}exit_count", float(c), now, int(layer))
         for c, layer in zip(counts, layers, strict=True)
     ]
-    _active.client.log_batch(_active.run_id, metrics=series)
+    with_retry(_active.client.log_batch, _active.run_id, metrics=series)
     total = sum(counts)
     table = pd.DataFrame(
         {
@@ -377,7 +703,8 @@ def log_dataframe(df: pd.DataFrame, artifact_file: str) -> None:
     """A csv artifact (no index column)."""
     if _active is None:
         return
-    _active.client.log_text(_active.run_id, df.to_csv(index=False), artifact_file)
+    # artifacts are files, but the first one looks the run's artifact location up in the store
+    with_retry(_active.client.log_text, _active.run_id, df.to_csv(index=False), artifact_file)
 
 
 def log_dict(obj: Mapping, artifact_file: str) -> None:
@@ -385,13 +712,13 @@ def log_dict(obj: Mapping, artifact_file: str) -> None:
     if _active is None:
         return
     text = json.dumps(obj, indent=2, default=_jsonable, allow_nan=True)
-    _active.client.log_text(_active.run_id, text, artifact_file)
+    with_retry(_active.client.log_text, _active.run_id, text, artifact_file)
 
 
 def log_figure(fig: Any, artifact_file: str) -> None:
     if _active is None:
         return
-    _active.client.log_figure(_active.run_id, fig, artifact_file)
+    with_retry(_active.client.log_figure, _active.run_id, fig, artifact_file)
 
 
 def _jsonable(value: Any) -> Any:

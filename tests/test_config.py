@@ -124,3 +124,33 @@ def test_parse_exit_layers(spec, layers, expected):
 def test_exit_layer_beyond_depth_is_a_user_error():
     with pytest.raises(UserError, match="beyond the backbone's 4 layers"):
         parse_exit_layers([2, 7], 4)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ([], r"method\.exit_layers=\[\] names no exit"),
+        ([4, 2.5], r"method\.exit_layers=\[4, 2\.5\] holds 2\.5, neither a layer number"),
+        ([0, 4], r"holds 0, neither a layer number \(1, 2, \.\.\.\) nor a fraction of the depth in \(0, 1\]"),
+        ([-1], r"holds -1, neither"),
+        ([True], r"holds True, neither"),
+        (["4"], r"holds '4', neither"),
+        ("first", r"method\.exit_layers='first': use all, last, or a list"),
+    ],
+)
+def test_bad_exit_layers_are_user_errors(spec, message):
+    with pytest.raises(UserError, match=message):
+        parse_exit_layers(spec, 12)
+
+
+def test_fractions_and_layer_numbers_mix():
+    assert parse_exit_layers([1.0], 12) == [12]  # 1.0 is the whole depth, 1 is the first layer
+    assert parse_exit_layers([1, 0.5], 12) == [1, 6, 12]
+
+
+def test_training_state_settings_default_to_resumable():
+    train = to_root(compose(config_name="train")).train
+    assert train.save_every == 500 and train.resume is True
+    overrides = ["train.save_every=0", "train.resume=false"]
+    train = to_root(compose(config_name="train", overrides=overrides)).train
+    assert train.save_every == 0 and train.resume is False

@@ -252,23 +252,85 @@ def test_wrong_columns_name_the_file_and_both_column_lists(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(
-    ("labels", "pattern"),
+    ("label", "message"),
     [
-        (["0", "2"], r"label\(s\) 2 outside the class ids 0\.\.1 \(task.num_labels=2\)"),
-        (["0", "0.5"], r"label\(s\) 0\.5 outside the class ids 0\.\.1"),
-        (
-            ["0", "maybe"],
-            r"1 label\(s\) that are not numbers or one of negative, positive \(e\.g\. 'maybe'\)",
-        ),
-        (["0", ""], r"1 label\(s\) that are not numbers"),
+        ("2", "label '2' in column label is outside the class ids 0..1 (task.num_labels=2)"),
+        ("0.5", "label '0.5' in column label is not a whole number: class ids are 0..1"),
+        ("-2", "label '-2' in column label is negative: class ids are 0..1, and -1 marks an unlabelled row"),
+        ("maybe", "label 'maybe' in column label is not a class id 0..1 or a label name (negative, positive"),
+        ("", "label '' in column label is not a class id 0..1 or a label name (negative, positive)"),
+        ("inf", "label 'inf' in column label is not a whole number"),
     ],
 )
-def test_bad_labels_are_user_errors(tmp_path: Path, labels: list[str], pattern: str) -> None:
-    write_tsv(tmp_path / "train.tsv", ["sentence", "label"], [["a", labels[0]], ["b", labels[1]]])
+def test_a_bad_label_names_the_file_and_line(tmp_path: Path, label: str, message: str) -> None:
+    # line 1 is the header, line 3 is blank (skipped, but counted as an editor counts it)
+    (tmp_path / "train.tsv").write_text(f"sentence\tlabel\na\t0\n\nb\t{label}\nc\t1\nd\t{label}\n")
     write_tsv(tmp_path / "dev.tsv", ["sentence", "label"], [["c", 0]])
-    with pytest.raises(UserError, match=pattern) as caught:
+    with pytest.raises(UserError) as caught:
         load_task_data(sst2_like(tmp_path), seed=0)
-    assert "train.tsv: column label" in str(caught.value)
+    text = str(caught.value)
+    assert text.startswith(f"{tmp_path / 'train.tsv'} line 4: {message}"), text
+    assert "(and 1 more bad row(s))" in text and "\n" not in text
+
+
+def test_a_bad_label_in_csv_and_jsonl_names_the_line_where_its_row_starts(tmp_path: Path) -> None:
+    # a quoted CSV field spanning two lines: the next row starts on line 4
+    (tmp_path / "train.csv").write_text('sentence,label\n"two\nlines",1\nok,7\n')
+    write_tsv(tmp_path / "dev.tsv", ["sentence", "label"], [["c", 0]])
+    with pytest.raises(UserError, match=r"train\.csv line 4: label '7' in column label is outside"):
+        load_task_data(sst2_like(tmp_path), seed=0)
+    (tmp_path / "train.csv").unlink()
+    rows = ['{"sentence": "a", "label": 1}', "", '{"sentence": "b"}']
+    (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
+    with pytest.raises(UserError, match=r"train\.jsonl line 3: label '' in column label is not a class id"):
+        load_task_data(sst2_like(tmp_path), seed=0)
+
+
+def test_a_regression_label_must_be_a_finite_number(tmp_path: Path) -> None:
+    header = ["sentence1", "sentence2", "label"]
+    write_tsv(tmp_path / "train.tsv", header, [["a", "b", "-1.5"], ["c", "d", "high"]])
+    write_tsv(tmp_path / "dev.tsv", header, [["a", "b", "1"]])
+    task = rte_like(tmp_path, num_labels=1, label_names=[], metric="pearson_spearman")
+    with pytest.raises(UserError, match=r"train\.tsv line 3: label 'high' in column label is not a number"):
+        load_splits(task)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "train.tsv is empty: it needs a header row naming the columns"),
+        (b"\n\n", "train.tsv is empty"),
+        (b"sentence\tlabel\n", "train.tsv has a header but no rows"),
+        (b"sentence\tlabel\na\t0\nb\t1\textra\n", "train.tsv line 3 has 3 field(s) but the header has 2"),
+        (
+            b"sentence\tlabel\na\t0\nno label here\n",
+            "train.tsv line 3 has 1 field(s) but the header has 2 (sentence, label): fix that line "
+            "(a missing tab?)",
+        ),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "train.tsv: line 1 is not UTF-8 text (byte 0x89)"),
+        (b"sentence\tlabel\n" + b"a\t0\n" * 9999 + b"\xe9\t1\n", "train.tsv: line 10001 is not UTF-8"),
+        (b"label\tsentence\tlabel\n0\ta\t0\n", "train.tsv: the header names column(s) label more than once"),
+        (b"sentence\tlabels\na\t0\n", "train.tsv lacks column(s) label: expected sentence, label, found"),
+    ],
+)
+def test_a_corrupt_file_is_one_error_naming_it(tmp_path: Path, content: bytes, message: str) -> None:
+    (tmp_path / "train.tsv").write_bytes(content)
+    write_tsv(tmp_path / "dev.tsv", ["sentence", "label"], [["c", 0]])
+    with pytest.raises(UserError) as caught:
+        load_task_data(sst2_like(tmp_path), seed=0)
+    assert message in str(caught.value) and str(tmp_path) in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_empty_jsonl_file_and_a_byte_order_mark(tmp_path: Path) -> None:
+    (tmp_path / "train.jsonl").write_text("\n  \n")
+    write_tsv(tmp_path / "dev.tsv", ["sentence", "label"], [["c", 0]])
+    with pytest.raises(UserError, match=r"train\.jsonl is empty: it needs one JSON object per line"):
+        load_task_data(sst2_like(tmp_path), seed=0)
+    # a spreadsheet's UTF-8 export starts with a byte-order mark: not part of the first column's name
+    (tmp_path / "train.jsonl").unlink()
+    (tmp_path / "train.csv").write_bytes("\ufeffsentence,label\na,0\nb,1\nc,0\n".encode())
+    assert load_splits(sst2_like(tmp_path))["train"].labels.tolist() == [0, 1, 0]
 
 
 def test_malformed_jsonl_is_a_user_error(tmp_path: Path) -> None:
@@ -362,6 +424,25 @@ def test_hub_tables_become_splits(monkeypatch: pytest.MonkeyPatch) -> None:
         load_task_data(sst2_like(None, eval_splits=["dev"]), seed=0)
     with pytest.raises(UserError, match=r"nyu-mll/glue/sst2 split train lacks column\(s\) premise"):
         load_task_data(sst2_like(None, text_columns=["premise"]), seed=0)
+
+
+def test_a_bad_hub_label_names_the_split_and_row_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = pytest.importorskip("datasets")
+    fake = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"sentence": list("abcde"), "label": [0, 1, -1, 5, 0]}),
+            "validation": datasets.Dataset.from_dict({"sentence": ["v"], "label": [1]}),
+        }
+    )
+    monkeypatch.setattr(loading, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args: fake)
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(
+        UserError,
+        match=r"^nyu-mll/glue/sst2 split train, row index 3: label '5' in column label is outside the",
+    ):
+        load_task_data(sst2_like(None), seed=0)
 
 
 # -------------------------------------------------------------------------------- encoding and batches

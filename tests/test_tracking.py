@@ -106,7 +106,7 @@ def test_stage_run_records_params_tags_and_config(store: Path):
     [
         (ValueError("boom"), "FAILED"),
         (SystemExit(2), "FAILED"),
-        (KeyboardInterrupt(), "FAILED"),
+        (KeyboardInterrupt(), "KILLED"),
         (SystemExit(0), "FINISHED"),
     ],
     ids=["exception", "exit-2", "interrupt", "exit-0"],

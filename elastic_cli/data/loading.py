@@ -3,6 +3,15 @@
 Both sources end in the same column table -> `Split` conversion, so the checks (columns present,
 labels numbers or label names, in range) and the clean-up (unlabelled rows dropped, missing text
 read as "") are the same wherever the data came from.
+
+Labels: a class label is a name in `task.label_names` or a class id 0..num_labels-1. The one exception is
+-1, GLUE's mark of an unlabelled row (its hidden test splits): those rows are dropped. Any other label
+(another negative number, a fraction, an id >= num_labels, an unknown name, an empty cell) stops the run
+with an error naming the file and line of the first such row (line 1 is a TSV/CSV header, as an editor
+counts), or the hub split and row index. Regression labels (num_labels=1) are any finite number.
+
+Local files are read strictly: UTF-8 (a byte-order mark is allowed), a header row, and every row with as
+many fields as the header (blank lines are skipped); anything else is an error naming the file and line.
 """
 
 from __future__ import annotations
@@ -60,7 +69,10 @@ def load_task_data(task: TaskConfig, seed: int) -> TaskData:
 def load_splits(task: TaskConfig) -> dict[str, Split]:
     """Every split the task names (train_split, then eval_splits), whole and labelled."""
     tables = _local_tables(task) if task.data_dir else _hub_tables(task)
-    return {name: table_to_split(name, columns, task, source) for name, (columns, source) in tables.items()}
+    return {
+        name: table_to_split(name, columns, task, source, lines)
+        for name, (columns, source, lines) in tables.items()
+    }
 
 
 def _needed_splits(task: TaskConfig) -> list[str]:
@@ -74,14 +86,18 @@ def _needed_columns(task: TaskConfig) -> list[str]:
 # ----------------------------------------------------------------------------------------- local files
 
 
-def _local_tables(task: TaskConfig) -> dict[str, tuple[dict[str, list[Any]], str]]:
+# a split's columns, where it came from (a file, or a hub split), and each row's line in that file (None: hub)
+Table = tuple[dict[str, list[Any]], str, list[int] | None]
+
+
+def _local_tables(task: TaskConfig) -> dict[str, Table]:
     data_dir = Path(os.path.expanduser(str(task.data_dir)))
     if not data_dir.is_dir():
         raise UserError(
             f"task.data_dir={task.data_dir} is not a folder; point it to the folder holding "
             f"{_stems_hint(task)} with columns {', '.join(_needed_columns(task))}"
         )
-    tables = {}
+    tables: dict[str, Table] = {}
     for split in _needed_splits(task):
         if split not in task.local_files:
             raise UserError(
@@ -89,10 +105,11 @@ def _local_tables(task: TaskConfig) -> dict[str, tuple[dict[str, list[Any]], str
                 f"add task.local_files.{split}=STEM"
             )
         path = find_split_file(data_dir, task.local_files[split], split)
-        frame = read_table(path)
+        frame, lines = read_table_with_lines(path)
         tables[split] = (
             {name: frame[name].tolist() for name in _checked_columns(task, frame.columns, path)},
             str(path),
+            lines,
         )
     return tables
 
@@ -112,28 +129,84 @@ def find_split_file(data_dir: Path, stem: str, split: str) -> Path:
 
 def read_table(path: Path) -> pd.DataFrame:
     """All cells as strings, nothing read as NaN (a sentence "NA" is a sentence, not a missing value)."""
+    return read_table_with_lines(path)[0]
+
+
+def read_table_with_lines(path: Path) -> tuple[pd.DataFrame, list[int]]:
+    """The table of a .tsv, .csv or .jsonl file, and the line in the file where each of its rows starts."""
     try:
         if path.suffix == ".jsonl":
             return _read_jsonl(path)
-        # GLUE TSVs are not quoted and their sentences hold quote characters: quoting must be off.
-        quoting = csv.QUOTE_NONE if path.suffix == ".tsv" else csv.QUOTE_MINIMAL
-        return pd.read_csv(
-            path,
-            sep="\t" if path.suffix == ".tsv" else ",",
-            quoting=quoting,
-            dtype=str,
-            keep_default_na=False,
-            encoding="utf-8",
-        )
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"cannot read {path}: {detail}; it must be UTF-8 with a header row") from None
+        return _read_delimited(path)
+    except UnicodeDecodeError:
+        raise UserError(f"cannot read {path}: {_not_utf8(path)}; save it as UTF-8 text") from None
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror or error}") from None
 
 
-def _read_jsonl(path: Path) -> pd.DataFrame:
+def _not_utf8(path: Path) -> str:
+    """Where the file stops being UTF-8 (the decoder's own offset is within a chunk: decode it whole)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        offset = error.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+        line = data[:offset].count(b"\n") + 1
+        return f"line {line} is not UTF-8 text (byte 0x{data[offset]:02x})"
+    return "it is not UTF-8 text"
+
+
+def _read_delimited(path: Path) -> tuple[pd.DataFrame, list[int]]:
+    # GLUE TSVs are not quoted and their sentences hold quote characters: quoting must be off.
+    tsv = path.suffix == ".tsv"
+    separator = "tab" if tsv else "comma"
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        if tsv:
+            reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        else:
+            reader = csv.reader(handle, delimiter=",", quoting=csv.QUOTE_MINIMAL)
+        header: list[str] | None = None
+        while True:
+            start = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as error:
+                raise UserError(f"cannot read {path}: line {reader.line_num}: {error}") from None
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # a blank line
+            if header is None:
+                header = row
+                duplicated = sorted({name for name in row if row.count(name) > 1})
+                if duplicated:
+                    raise UserError(
+                        f"{path}: the header names column(s) {', '.join(duplicated)} more than once; "
+                        "give every column its own name"
+                    )
+                continue
+            if len(row) != len(header):
+                cause = f"a {separator} inside a text" if len(row) > len(header) else f"a missing {separator}"
+                raise UserError(
+                    f"{path} line {start} has {len(row)} field(s) but the header has {len(header)} "
+                    f"({', '.join(header)}): fix that line ({cause}?)"
+                )
+            rows.append(row)
+            lines.append(start)
+    if header is None:
+        raise UserError(f"{path} is empty: it needs a header row naming the columns, then a row per example")
+    if not rows:
+        raise UserError(f"{path} has a header but no rows: add the examples, one per line")
+    return pd.DataFrame(rows, columns=header, dtype=str), lines
+
+
+def _read_jsonl(path: Path) -> tuple[pd.DataFrame, list[int]]:
     records = []
-    with path.open(encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
+    lines = []
+    with path.open(encoding="utf-8-sig") as handle:
+        for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
@@ -143,7 +216,10 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
             if not isinstance(record, dict):
                 raise UserError(f"cannot read {path}: line {line_number} is not a JSON object")
             records.append(record)
-    return pd.DataFrame.from_records(records)
+            lines.append(line_number)
+    if not records:
+        raise UserError(f"{path} is empty: it needs one JSON object per line, one per example")
+    return pd.DataFrame.from_records(records), lines
 
 
 def _checked_columns(task: TaskConfig, found: Sequence[str], source: str | Path) -> list[str]:
@@ -166,7 +242,7 @@ def _stems_hint(task: TaskConfig) -> str:
 # ---------------------------------------------------------------------------------------------- hub
 
 
-def _hub_tables(task: TaskConfig) -> dict[str, tuple[dict[str, list[Any]], str]]:
+def _hub_tables(task: TaskConfig) -> dict[str, Table]:
     import datasets  # slow to import (about 1 s): only when the hub is used
 
     name = task.dataset if task.subset is None else f"{task.dataset}/{task.subset}"
@@ -185,7 +261,7 @@ def _hub_tables(task: TaskConfig) -> dict[str, tuple[dict[str, list[Any]], str]]
     except ValueError as error:  # e.g. an unknown config name; the message lists the valid ones
         raise UserError(f"cannot load {name} from the hub: {error}; check task.subset") from None
 
-    tables = {}
+    tables: dict[str, Table] = {}
     for split in _needed_splits(task):
         if split not in dataset_dict:
             raise UserError(
@@ -195,7 +271,7 @@ def _hub_tables(task: TaskConfig) -> dict[str, tuple[dict[str, list[Any]], str]]
         part = dataset_dict[split]
         source = f"{name} split {split}"
         columns = _checked_columns(task, part.column_names, source)
-        tables[split] = (part.select_columns(columns).to_dict(), source)
+        tables[split] = (part.select_columns(columns).to_dict(), source, None)
     return tables
 
 
@@ -251,11 +327,18 @@ def _forced_offline(offline: bool) -> Iterator[None]:
 # ----------------------------------------------------------------------------------- table -> Split
 
 
-def table_to_split(name: str, columns: Mapping[str, Sequence[Any]], task: TaskConfig, source: str) -> Split:
-    """Texts and checked labels; rows with a negative class label (GLUE's -1: unlabelled) are dropped."""
-    labels = _parse_labels(columns[task.label_column], task, source)
+def table_to_split(
+    name: str,
+    columns: Mapping[str, Sequence[Any]],
+    task: TaskConfig,
+    source: str,
+    lines: Sequence[int] | None = None,
+) -> Split:
+    """Texts and checked labels; rows labelled -1 (GLUE: unlabelled) are dropped. `lines`: the line of each
+    row in the file `source`, for the error messages (None: rows are named by their index)."""
+    labels = _parse_labels(columns[task.label_column], task, source, lines)
     if task.num_labels > 1:
-        keep = labels >= 0
+        keep = labels != UNLABELLED
         labels = labels[keep].astype(np.int64)
     else:
         # Regression targets may legitimately be negative: keep every row.
@@ -274,33 +357,58 @@ def _texts(values: Sequence[Any]) -> list[str]:
     ]
 
 
-def _parse_labels(values: Sequence[Any], task: TaskConfig, source: str) -> np.ndarray:
-    """float64 labels: names in task.label_names map to their index, the rest must be numbers."""
+UNLABELLED = -1  # GLUE's label of a row without one (its test splits)
+
+
+def _parse_labels(
+    values: Sequence[Any], task: TaskConfig, source: str, lines: Sequence[int] | None = None
+) -> np.ndarray:
+    """float64 labels: names in task.label_names map to their index, the rest must be numbers; class ids
+    within 0..num_labels-1, or -1 (unlabelled). The first bad row is named by its line (or index)."""
     raw = pd.Series(list(values), dtype=object)
-    as_text = raw.map(lambda value: "" if value is None else str(value).strip())
+    as_text = raw.map(_label_text)
     # A label name wins over a number that looks the same: names are what the task declares.
     by_name = as_text.map({label: index for index, label in enumerate(task.label_names)})
     as_number = pd.to_numeric(as_text.where(by_name.isna()), errors="coerce")
     parsed = by_name.astype(float).fillna(as_number).to_numpy(dtype=np.float64)
 
-    invalid = np.isnan(parsed)
-    if invalid.any():
-        examples = ", ".join(repr(v) for v in as_text[invalid].unique()[:3])
-        names = f" or one of {', '.join(task.label_names)}" if task.label_names else ""
-        raise UserError(
-            f"{source}: column {task.label_column} holds {int(invalid.sum())} label(s) that are not numbers"
-            f"{names} (e.g. {examples}); fix the file or task.label_names"
-        )
+    column = task.label_column
+    names = f" or a label name ({', '.join(task.label_names)})" if task.label_names else ""
     if task.num_labels == 1:
-        return parsed
-    labelled = parsed[parsed >= 0]
-    fractional = labelled != np.floor(labelled)
-    too_big = labelled >= task.num_labels
-    if fractional.any() or too_big.any():
-        bad = labelled[fractional | too_big]
-        raise UserError(
-            f"{source}: column {task.label_column} has label(s) {', '.join(f'{v:g}' for v in np.unique(bad)[:3])} "
-            f"outside the class ids 0..{task.num_labels - 1} (task.num_labels={task.num_labels}); "
-            "fix the file or task.num_labels"
-        )
+        problems = [(~np.isfinite(parsed), "is not a number", "fix the file")]
+    else:
+        ids = f"0..{task.num_labels - 1}"
+        problems = [
+            (np.isnan(parsed), f"is not a class id {ids}{names}", "fix the file or task.label_names"),
+            (
+                np.isinf(parsed) | (parsed != np.floor(parsed)),
+                f"is not a whole number: class ids are {ids}",
+                "fix the file",
+            ),
+            (
+                (parsed < 0) & (parsed != UNLABELLED),
+                f"is negative: class ids are {ids}, and -1 marks an unlabelled row",
+                "fix the file",
+            ),
+            (
+                parsed >= task.num_labels,
+                f"is outside the class ids {ids} (task.num_labels={task.num_labels})",
+                "fix the file or task.num_labels",
+            ),
+        ]
+    bad = np.zeros(len(parsed), dtype=bool)
+    for mask, _, _ in problems:
+        bad |= mask
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        problem, fix = next((problem, fix) for mask, problem, fix in problems if mask[first])
+        where = f"{source} line {lines[first]}" if lines is not None else f"{source}, row index {first}"
+        more = f" (and {int(bad.sum()) - 1} more bad row(s))" if bad.sum() > 1 else ""
+        raise UserError(f"{where}: label {as_text.iloc[first]!r} in column {column} {problem}{more}; {fix}")
     return parsed
+
+
+def _label_text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""  # a missing cell (a JSONL record without the label)
+    return str(value).strip()

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import (
     AlbertConfig,
@@ -88,19 +91,93 @@ def save_backbone_files(adapter: BackboneAdapter, tokenizer: PreTrainedTokenizer
     tokenizer.save_pretrained(folder)
 
 
+# what to do about a checkpoint's backbone/ folder whose files are damaged or edited
+CHECKPOINT_BACKBONE_FIX = "restore the checkpoint's backbone/ files or re-run `elastic train`"
+# the files `save_backbone_files` writes that are JSON (tokenizer_config.json always; the others when present)
+_BACKBONE_JSON_FILES = ("config.json", "tokenizer_config.json", "tokenizer.json", "special_tokens_map.json")
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (with the next when it ends in a colon; its type's name
+    when it has none), cut to `limit` characters."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    line = lines.pop(0)
+    while line.endswith(":") and lines:
+        line += " " + lines.pop(0)
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def read_json(path: Path, what_to_do: str) -> Any:
+    """The JSON value in `path`. A missing, unreadable or invalid file is a UserError that names it and
+    ends with `what_to_do`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: {what_to_do}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not valid JSON (not UTF-8 text): {what_to_do}") from None
+    except OSError as err:
+        raise UserError(f"cannot read {path} ({err.strerror or first_line(err)}): {what_to_do}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON ({err}): {what_to_do}") from None
+
+
+def read_json_object(path: Path, what_to_do: str) -> dict[str, Any]:
+    """`read_json` of a file that must hold a JSON object."""
+    value = read_json(path, what_to_do)
+    if not isinstance(value, dict):
+        raise UserError(f"{path} is corrupt (it holds {_json_kind(value)}, not a JSON object): {what_to_do}")
+    return value
+
+
 def backbone_from_folder(folder: Path, family: str) -> tuple[BackboneAdapter, PreTrainedTokenizerBase]:
     """The architecture saved by `save_backbone_files`, with random weights, and its tokenizer.
 
-    Never reaches the hub; the caller loads its own state dict into the adapter afterwards.
+    Never reaches the hub; the caller loads its own state dict into the adapter afterwards. Damaged or
+    edited files are a UserError naming them (a checkpoint's files: `CHECKPOINT_BACKBONE_FIX`).
     """
     folder = Path(folder).expanduser()
+    fix = CHECKPOINT_BACKBONE_FIX
     if not (folder / "config.json").is_file():
+        raise UserError(f"{folder} has no config.json: {fix}")
+    for name in _BACKBONE_JSON_FILES:  # invalid JSON named here, not deep inside transformers
+        if name == "config.json" or (folder / name).exists():
+            read_json_object(folder / name, fix)
+    # without these transformers may quietly build a tokenizer of a few special tokens
+    if not (folder / "tokenizer_config.json").is_file():
+        raise UserError(f"{folder} has no tokenizer_config.json, so no tokenizer: {fix}")
+    vocabularies = [folder / "tokenizer.json", *folder.glob("vocab.*"), *folder.glob("*.model")]
+    if not any(path.is_file() for path in vocabularies):
+        raise UserError(f"{folder} has no tokenizer vocabulary (tokenizer.json, vocab.txt, ...): {fix}")
+    # the config's values decide the architecture: a bad value fails in transformers, reading or building
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        model = _model_from_config(config)
+    except (OSError, ValueError, TypeError, KeyError, StrictDataclassError) as err:
         raise UserError(
-            f"{folder} has no config.json: it is not a checkpoint folder written by `elastic train`"
+            f"{folder / 'config.json'} does not describe a backbone ({first_line(err)}): {fix}"
+        ) from None
+    adapter_class = ADAPTERS.get(family)
+    if adapter_class is not None and config.model_type not in adapter_class.model_types:
+        raise UserError(
+            f"{folder / 'config.json'} holds a {config.model_type!r} model, not one of the checkpoint's "
+            f"family {family} ({', '.join(adapter_class.model_types)}): {fix}"
         )
-    config = AutoConfig.from_pretrained(folder, local_files_only=True)
-    model = _model_from_config(config)
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+        raise UserError(
+            f"cannot load the tokenizer in {folder} ({type(err).__name__}: {first_line(err)}): {fix}"
+        ) from None
+    if tokenizer.pad_token_id is None:
+        raise UserError(f"the tokenizer in {folder} has no padding token: {fix}")
     return make_adapter(family, model.eval()), tokenizer
 
 
@@ -366,7 +443,12 @@ def _load_pretrained(family: str, path: str) -> tuple[BackboneAdapter, PreTraine
         if resolved is None:
             raise UserError(f"'{source}' on the Hugging Face hub has no config.json; {HUB_HINT}")
         config_file = Path(resolved)
-    model_type = json.loads(config_file.read_text()).get("model_type")
+    fix = (
+        "point backbone.path at an intact model folder"
+        if is_local
+        else "delete the model from the Hugging Face cache and download it again"
+    )
+    model_type = read_json_object(config_file, fix).get("model_type")
     try:
         if model_type not in CONFIG_MAPPING:
             if family != "bert":
@@ -374,7 +456,7 @@ def _load_pretrained(family: str, path: str) -> tuple[BackboneAdapter, PreTraine
                     f"backbone.path={path!r} holds a {model_type!r} model, unknown to transformers; "
                     "only family=bert can load such a model, as a BERT"
                 )
-            model, pooler_loaded = _load_as_bert(source, config_file, local_only)
+            model, pooler_loaded = _load_as_bert(source, config_file, local_only, fix)
             tokenizer = BertTokenizer.from_pretrained(source, local_files_only=local_only)
         else:
             config = AutoConfig.from_pretrained(source, local_files_only=local_only)
@@ -392,11 +474,14 @@ def _load_pretrained(family: str, path: str) -> tuple[BackboneAdapter, PreTraine
             missing_keys: list[str] = info["missing_keys"]
             pooler_loaded = not any(key.startswith("pooler.") for key in missing_keys)
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+    except (SafetensorError, json.JSONDecodeError, UnicodeDecodeError) as err:  # a damaged file
+        raise UserError(
+            f"backbone.path={path!r}: a file of the model in {source} is corrupt ({first_line(err)}): {fix}"
+        ) from None
     except OSError as err:
         if is_local:
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise UserError(
-                f"backbone.path={path!r}: cannot load the model in {source}: {first_line}"
+                f"backbone.path={path!r}: cannot load the model in {source}: {first_line(err, 10_000)}"
             ) from None
         raise _hub_error(source, err) from None
     adapter = make_adapter(family, model.eval())
@@ -409,13 +494,13 @@ def _load_pretrained(family: str, path: str) -> tuple[BackboneAdapter, PreTraine
 # exit layer in "encoder.pooler.<i>". This mapping is written from the fastnlp/ElasticBERT modeling
 # code and could NOT be verified offline against the real checkpoint: any backbone key it leaves
 # unmapped is reported as an error rather than silently left random.
-def _load_as_bert(source: str, config_file: Path, local_only: bool) -> tuple[BertModel, bool]:
-    raw = json.loads(config_file.read_text())
+def _load_as_bert(source: str, config_file: Path, local_only: bool, fix: str) -> tuple[BertModel, bool]:
+    raw = read_json_object(config_file, fix)
     for key in ("model_type", "architectures", "auto_map", "transformers_version"):
         raw.pop(key, None)
     config = BertConfig(**raw)
     model = BertModel._from_config(config, attn_implementation="sdpa")
-    weights = _read_checkpoint(source, local_only)
+    weights = _read_checkpoint(source, local_only, fix)
     state = bert_names_from_elasticbert(weights, config.num_hidden_layers)
     missing, _unexpected = model.load_state_dict(state, strict=False)
     missing_backbone = [key for key in missing if not key.startswith("pooler.")]
@@ -445,16 +530,20 @@ def bert_names_from_elasticbert(weights: dict[str, torch.Tensor], num_layers: in
     return mapped
 
 
-def _read_checkpoint(source: str, local_only: bool) -> dict[str, torch.Tensor]:
+def _read_checkpoint(source: str, local_only: bool, fix: str) -> dict[str, torch.Tensor]:
     for filename in ("model.safetensors", "pytorch_model.bin"):
         resolved = cached_file(
             source, filename, local_files_only=local_only, _raise_exceptions_for_missing_entries=False
         )
         if resolved is None:
             continue
-        if filename.endswith(".safetensors"):
-            from safetensors.torch import load_file
+        try:
+            if filename.endswith(".safetensors"):
+                from safetensors.torch import load_file
 
-            return load_file(resolved)
-        return torch.load(resolved, map_location="cpu", weights_only=True)
+                return load_file(resolved)
+            return torch.load(resolved, map_location="cpu", weights_only=True)
+        except (SafetensorError, OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+            # a truncated or damaged file (torch reports a bad zip archive as a RuntimeError)
+            raise UserError(f"{resolved} is corrupt or truncated ({first_line(err)}): {fix}") from None
     raise UserError(f"'{source}' has neither model.safetensors nor pytorch_model.bin")

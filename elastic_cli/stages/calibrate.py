@@ -10,9 +10,10 @@ import torch
 from omegaconf import DictConfig
 from rich.table import Table
 
-from elastic_cli import calibration, checkpoint, exits, plots, tracking
+from elastic_cli import calibration, checkpoint, exits, files, plots, tracking
 from elastic_cli.config import RootConfig
 from elastic_cli.data import load_task_data
+from elastic_cli.errors import UserError
 from elastic_cli.stages import subjects
 from elastic_cli.stages.common import (
     console,
@@ -28,10 +29,16 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
     device = setup_device(cfg.device)
     folder = checkpoint.checkpoint_dir(cfg)
     info = subjects.describe(folder)  # fails early, before a run is opened, when there is none
+    subjects.check_matches(folder, info, cfg)
+    if not files.writable_dir(folder):
+        raise UserError(
+            f"the checkpoint folder {folder} is read-only and calibrate writes calibration.json into it: "
+            "copy the checkpoint (cp -r) to a folder of yours and calibrate that with ckpt="
+        )
     rule = exits.build_rule(cfg.method.exit)
     exits.check_applicable(rule, info.num_labels, info.has_lte, info.num_exits)
 
-    with tracking.stage_run(cfg, raw):
+    with tracking.stage_run(cfg, raw, checkpoint=folder):
         subject = subjects.open_subject(folder, device)
         data = load_task_data(cfg.task, cfg.seed)
         inputs = subject.encode(data.calibration)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -21,6 +22,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from elastic_cli import files
 from elastic_cli.config import DeviceConfig, RootConfig
 from elastic_cli.cost import EncoderDims
 from elastic_cli.data import Encoded, batches
@@ -29,7 +31,8 @@ from elastic_cli.exits import ExitSignals
 from elastic_cli.metrics import pearson
 from elastic_cli.models.multi_exit import MultiExitModel
 
-console = Console(stderr=True)
+# soft wrap: a long path in a log line stays on one line (grep finds it), whatever the width
+console = Console(stderr=True, soft_wrap=True)
 
 
 def seed_everything(seed: int) -> None:
@@ -145,23 +148,60 @@ def cached_outputs(
     pad_id: int,
     device: torch.device,
 ) -> CachedOutputs:
-    """All-exits outputs of a split, computed once per checkpoint weights and split contents."""
+    """All-exits outputs of a split, computed once per checkpoint weights (their content hash) and split
+    contents. The cache lives in the checkpoint's cache/ folder, or under outputs/cache/ when the
+    checkpoint is read-only (a team's shared checkpoint); an unreadable cache file is recomputed."""
     key = hashlib.sha256()
     key.update(fingerprint.encode())
     key.update(np.asarray(enc.labels).tobytes())
     for ids in enc.input_ids:
         key.update(np.asarray(ids, dtype=np.int64).tobytes())
-    path = ckpt / "cache" / f"{split}-{key.hexdigest()[:16]}.pt"
-    if path.is_file():
-        saved = torch.load(path, weights_only=True)
-        signals = ExitSignals(saved["logits"], saved.get("lte"))
+    name = f"{split}-{key.hexdigest()[:16]}.pt"
+    shape = (len(enc.labels), model.num_exits, model.num_labels)
+    places = [ckpt / "cache", Path(cfg.outputs) / "cache" / fingerprint.split(":")[-1][:16]]
+    for path in (place / name for place in places):
+        signals = _read_cache(path, shape)
+        if signals is not None:
+            break
     else:
         signals = all_exit_outputs(model, enc, cfg.device.eval_batch_size, pad_id, device, split)
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"logits": signals.logits, "lte": signals.lte}, tmp)
-        os.replace(tmp, path)
+        _write_cache([place / name for place in places], signals)
     return CachedOutputs(signals=signals, labels=np.asarray(enc.labels), lengths=np.asarray(enc.lengths))
+
+
+def _read_cache(path: Path, shape: tuple[int, int, int]) -> ExitSignals | None:
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        logits, lte = saved["logits"], saved.get("lte")
+        if tuple(logits.shape) != shape or (lte is not None and tuple(lte.shape) != shape[:2]):
+            raise ValueError(f"shape {tuple(logits.shape)}, expected {shape}")
+    except Exception as err:  # truncated, foreign or stale: recompute, never fail on a cache
+        console.print(f"the logits cache {path} is unreadable ({type(err).__name__}): recomputing it")
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return None
+    return ExitSignals(logits, lte)
+
+
+def _write_cache(candidates: list[Path], signals: ExitSignals) -> None:
+    """Into the first writable place (per-process temporary name, then an atomic rename); none: say so."""
+    for path in candidates:
+        if not files.writable_dir(path.parent):
+            continue
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = files.temp_file(path)
+            try:
+                torch.save({"logits": signals.logits, "lte": signals.lte}, tmp)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            return
+        except OSError as err:
+            console.print(f"could not write the logits cache {path} ({err.strerror}): trying elsewhere")
+    console.print("no writable place for the logits cache: the outputs are recomputed next time")
 
 
 def cost_dims(model: MultiExitModel) -> EncoderDims:

@@ -69,11 +69,11 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
     device = setup_device(cfg.device)
     folder = checkpoint.checkpoint_dir(cfg)
     info = subjects.describe(folder)
-    subjects.check_task(folder, info, cfg.task.name)
+    subjects.check_matches(folder, info, cfg)
     rule = exits.build_rule(cfg.method.exit)
     exits.check_applicable(rule, info.num_labels, info.has_lte, info.num_exits)
 
-    with tracking.stage_run(cfg, raw):
+    with tracking.stage_run(cfg, raw, checkpoint=folder):
         subject = subjects.open_subject(folder, device)
         threshold, temperatures, source = _operating_point(
             cfg, checkpoint.read_calibration(folder), subject.exit_names

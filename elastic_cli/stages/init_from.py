@@ -14,12 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from elastic_cli import checkpoint
 from elastic_cli.config import RootConfig, TrainStageConfig
 from elastic_cli.errors import UserError
+from elastic_cli.models.loading import first_line
 from elastic_cli.models.multi_exit import MultiExitModel
 
 # what decides the training subset and the calibration split carved from it
@@ -73,8 +77,7 @@ def check_source(cfg: RootConfig, stages: list[TrainStageConfig]) -> Start:
             f"train.init_from={folder} has {meta.num_labels} labels, task {cfg.task.name} has "
             f"{cfg.task.num_labels}"
         )
-    saved = OmegaConf.load(folder / "config.yaml")
-    assert isinstance(saved, DictConfig)
+    saved = _read_saved_config(folder)
     differs = [f"seed ({saved.get('seed')} vs {cfg.seed})"] if saved.get("seed") != cfg.seed else []
     differs += [
         f"task.{key} ({saved.task.get(key)} vs {getattr(cfg.task, key)})"
@@ -87,6 +90,40 @@ def check_source(cfg: RootConfig, stages: list[TrainStageConfig]) -> Start:
             "examples could be in this run's calibration split; fine-tune it with the same seed and task settings"
         )
     return Start(folder, meta, skip)
+
+
+def _read_saved_config(folder: Path) -> DictConfig:
+    """The config.yaml that `elastic train` saved beside the checkpoint (a UserError naming it when it
+    is missing or damaged)."""
+    path = folder / "config.yaml"
+    fix = "re-run `elastic train` method=static for the train.init_from checkpoint, or restore it"
+    try:
+        saved = OmegaConf.load(path)
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: {fix}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException) as err:
+        raise UserError(f"{path} is corrupt ({first_line(err)}): {fix}") from None
+    if not isinstance(saved, DictConfig) or not isinstance(saved.get("task"), DictConfig):
+        raise UserError(f"{path} is corrupt (it holds no task settings): {fix}")
+    # train saves every key (null when unset): one missing means a cut or edited file
+    missing = ["seed"] if "seed" not in saved else []
+    missing += [f"task.{key}" for key in SPLIT_SETTINGS if key not in saved.task]
+    if missing:
+        raise UserError(f"{path} is corrupt (no {missing[0]}): {fix}")
+    return saved
+
+
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    path = folder / checkpoint.WEIGHTS
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:
+        raise UserError(
+            f"train.init_from: {path} is corrupt or truncated ({first_line(err)}): re-run `elastic train` "
+            "method=static for it, or restore it"
+        ) from None
+    except OSError as err:
+        raise UserError(f"train.init_from: cannot read {path} ({err.strerror or first_line(err)})") from None
 
 
 def load_into(model: MultiExitModel, start: Start) -> None:
@@ -102,7 +139,7 @@ def load_into(model: MultiExitModel, start: Start) -> None:
             f"last exit a {ours.kind} head ({ours.pooling} pooling): fine-tune the checkpoint with "
             f"method=static method.head={ours.kind}"
         )
-    source = load_file(str(folder / checkpoint.WEIGHTS))
+    source = _read_weights(folder)
     last = model.num_exits - 1
     mapped: dict[str, torch.Tensor] = {}
     for key, value in source.items():

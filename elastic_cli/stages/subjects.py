@@ -33,14 +33,17 @@ class SubjectInfo:
     num_labels: int
     has_lte: bool
     num_exits: int
+    method: str
+    backbone: str  # a cascade's: its last (super) model's
 
 
 def describe(folder: Path) -> SubjectInfo:
     if checkpoint.is_cascade(folder):
         meta = checkpoint.read_cascade_meta(folder)
-        return SubjectInfo(meta.task, meta.num_labels, False, len(meta.members))
+        last = checkpoint.read_meta(checkpoint.member_folder(folder, meta.members[-1]))
+        return SubjectInfo(meta.task, meta.num_labels, False, len(meta.members), meta.method, last.backbone)
     m = checkpoint.read_meta(folder)
-    return SubjectInfo(m.task, m.num_labels, m.lte, len(m.exit_layers))
+    return SubjectInfo(m.task, m.num_labels, m.lte, len(m.exit_layers), m.method, m.backbone)
 
 
 class Subject(ABC):
@@ -232,6 +235,20 @@ def open_subject(folder: Path, device: torch.device) -> Subject:
     return MultiExitSubject(folder, device)
 
 
-def check_task(folder: Path, info: SubjectInfo, task: str) -> None:
-    if info.task != task:
-        raise UserError(f"checkpoint {folder} was trained on {info.task}, not task={task}")
+def check_matches(folder: Path, info: SubjectInfo, cfg: RootConfig) -> None:
+    """The checkpoint must be this run's method, backbone and task: what calibrate writes and what
+    evaluate logs (its MLflow tags come from the config) then describe the checkpoint truly."""
+    differs = [
+        f"{key}={theirs} there, {ours} here"
+        for key, theirs, ours in (
+            ("method", info.method, cfg.method.name),
+            ("backbone", info.backbone, cfg.backbone.name),
+            ("task", info.task, cfg.task.name),
+        )
+        if theirs != ours
+    ]
+    if differs:
+        raise UserError(
+            f"checkpoint {folder} does not match this run ({', '.join(differs)}): run with the "
+            "checkpoint's method=/backbone=/task=, or point ckpt= at the right checkpoint"
+        )

@@ -7,9 +7,13 @@ methods (DeeBERT, FastBERT) start their second stage from the best weights of th
 
 from __future__ import annotations
 
+import itertools
 import math
-import shutil
+import os
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,7 @@ from elastic_cli.methods.objectives import DynamicWeights, Objective
 from elastic_cli.models.heads import HeadSpec
 from elastic_cli.models.loading import build_backbone
 from elastic_cli.models.multi_exit import MultiExitModel
-from elastic_cli.stages import init_from
+from elastic_cli.stages import init_from, train_state
 from elastic_cli.stages.common import (
     all_exit_outputs,
     console,
@@ -88,6 +92,74 @@ class Best:
     step: int = 0
     stage: int = 0
 
+    def saved(self) -> dict[str, Any]:
+        return {**asdict(self), "scores": [float(x) for x in self.scores]}
+
+    @classmethod
+    def restored(cls, saved: dict[str, Any]) -> Best:
+        return cls(**{**saved, "scores": np.asarray(saved["scores"], dtype=np.float64)})
+
+
+# test hook: SIGKILL this process right after that many optimizer steps (the resume test's fault)
+FAULT_ENV = "ELASTIC_FAULT_AFTER_STEPS"
+
+
+@dataclass
+class Saver:
+    """Writes the training state (stages/train_state.py) every `every` steps and at each epoch's end."""
+
+    path: Path
+    every: int
+    settings: dict[str, str]
+    member: str = ""
+    fault_after: int = field(default_factory=lambda: int(os.environ.get(FAULT_ENV) or 0))
+
+    def save(
+        self,
+        position: train_state.Position,
+        model: MultiExitModel,
+        optimizer: torch.optim.Optimizer,
+        schedule: Any,
+        objective: Objective,
+        best: Best,
+    ) -> None:
+        state = train_state.TrainState(
+            position=position,
+            model=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            scheduler=schedule.state_dict(),
+            objective=objective.state_dict(),
+            best=best.saved(),
+            rng=train_state.rng_state(),
+            settings=self.settings,
+            run_id=tracking.active_run_id(),
+            member=self.member,
+        )
+        train_state.save(self.path, state)
+
+    def after_step(self, step: int) -> None:
+        if self.fault_after and step >= self.fault_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextmanager
+def _sole_writer(folder: Path) -> Iterator[None]:
+    """One `elastic train` per checkpoint folder at a time: a second one would race on its state."""
+    from filelock import FileLock, Timeout
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder.with_name(f".{folder.name}.lock")), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise UserError(
+            f"another `elastic train` is writing {folder}: wait for it to end, or choose another ckpt="
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
 
 @dataclass
 class Fitted:
@@ -108,8 +180,38 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
     single_exit = cfg.method.exit_layers == "last" and not isinstance(method, CascadeMethod)
     exits.check_applicable(rule, cfg.task.num_labels, cfg.method.lte, 1 if single_exit else None)
     folder = checkpoint.checkpoint_dir(cfg)
+    # before any work: never replace anything but an elastic checkpoint of this method/backbone/task
+    replaces = checkpoint.check_replaceable(folder, cfg.method.name, cfg.backbone.name, cfg.task.name)
+    with _sole_writer(folder):
+        return _run_locked(cfg, raw, method, folder, device, started, replaces)
 
-    with tracking.stage_run(cfg, raw):
+
+def _run_locked(
+    cfg: RootConfig,
+    raw: DictConfig,
+    method: Method,
+    folder: Path,
+    device: torch.device,
+    started: float,
+    replaces: str | None,
+) -> float:
+    state_file = train_state.state_path(folder)
+    resume = None
+    if isinstance(method, CascadeMethod):
+        run_id = train_state.resumable_cascade(train_state.cascade_work(folder), raw, cfg.train.resume)
+    else:
+        resume = train_state.resumable(folder, raw, cfg.train.resume)
+        run_id = resume.run_id if resume is not None else None
+        if resume is not None:
+            p = resume.position
+            console.print(
+                f"resuming from {state_file}: stage {p.stage + 1}, epoch {p.epoch + 1}, step {p.step} "
+                "(train.resume=false starts over)"
+            )
+        elif state_file.is_file():
+            console.print(f"train.resume=false: starting over; the training state {state_file} is replaced")
+    saver = Saver(state_file, cfg.train.save_every, train_state.training_settings(raw))
+    with tracking.stage_run(cfg, raw, checkpoint=folder, resume_run_id=run_id):
         if cfg.train.init_from and isinstance(method, CascadeMethod):
             raise UserError(
                 "train.init_from is for a two-stage method; a cascade reuses trained models with "
@@ -118,10 +220,15 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
         start = init_from.check_source(cfg, method.stages()) if cfg.train.init_from else None
         data = load_task_data(cfg.task, cfg.seed)
         if isinstance(method, CascadeMethod):
-            return _train_cascade(cfg, raw, method, data, folder, device, started)
-        fitted = _fit(cfg, method, cfg.backbone, None, data, device, start=start)
+            return _train_cascade(cfg, raw, method, data, folder, device, started, replaces)
+        fitted = _fit(cfg, method, cfg.backbone, None, data, device, start=start, saver=saver, resume=resume)
         meta = _meta(cfg, cfg.method.name, cfg.backbone, fitted, started)
+        # checked again: the folder may have changed during hours of training
+        checkpoint.check_replaceable(folder, cfg.method.name, cfg.backbone.name, cfg.task.name)
         checkpoint.save(folder, fitted.model, fitted.tokenizer, raw, meta)
+        train_state.remove(state_file)
+        if replaces:
+            console.print(f"replaced {replaces}")
         scores = fitted.best.scores
         name = score_name(cfg.task.num_labels)
         tracking.log_metrics(
@@ -145,10 +252,12 @@ def _fit(
     device: torch.device,
     prefix: str = "",
     start: init_from.Start | None = None,
+    saver: Saver | None = None,
+    resume: train_state.TrainState | None = None,
 ) -> Fitted:
     """Build `method`'s model on `backbone_cfg` (its first `keep_layers` layers, if set) and train it
-    stage by stage, the stages `start` stands for skipped; the model comes back with the best weights
-    loaded."""
+    stage by stage, the stages `start` stands for skipped, from where `resume` stopped if given; the
+    model comes back with the best weights loaded."""
     train_texts = [t for row in data.train.texts for t in row]
     backbone, tokenizer = build_backbone(backbone_cfg, train_texts=train_texts, seed=cfg.seed)
     if keep_layers is not None:
@@ -188,12 +297,18 @@ def _fit(
         console.print(f"stage 1 done: backbone and final classifier from {start.folder}")
         fingerprint = checkpoint.weights_fingerprint(start.folder)
         tracking.log_params({"init_from": str(start.folder), "init_from_weights": fingerprint})
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        best, step = Best.restored(resume.best), resume.position.step
+        skip = resume.position.stage
     for s, stage in enumerate(method.stages()[skip:], start=skip):
+        resuming = resume if resume is not None and s == resume.position.stage else None
         if s > skip:
             model.load_state_dict(best.state)  # a later stage starts from the best of the one before
             best = Best()
         best, step = _train_stage(
-            cfg, s, stage, method, model, enc_train, enc_cal, pad_id, device, step, best, prefix
+            cfg, s, stage, method, model, enc_train, enc_cal, pad_id, device, step, best, prefix,
+            saver, resuming,
         )
     model.load_state_dict(best.state)
     return Fitted(model, tokenizer, head, best)
@@ -249,50 +364,73 @@ def _train_cascade(
     folder: Path,
     device: torch.device,
     started: float,
+    replaces: str | None = None,
 ) -> float:
     """Train (or reuse) every model of the cascade, then write the cascade's folder in one swap."""
     specs = method.members(cfg, lambda: _depth(cfg, data))
     # reject a bad reused checkpoint before hours of training the others
     reused = {spec.name: _reused_member(cfg, spec) for spec in specs if spec.ckpt}
     name = score_name(cfg.task.num_labels)
-    tmp = checkpoint.cascade_workdir(folder)
+    # the cascade is built in a work folder beside its own; an interrupted run leaves it (the models
+    # already trained, the state of the one in training) for the next `elastic train` to go on from
+    work = train_state.cascade_work(folder)
+    train_state.start_cascade_work(work, raw, cfg.train.resume, tracking.active_run_id())
     entries, scores = [], []
-    try:
-        for spec in specs:
-            if spec.name in reused:
-                member, meta = reused[spec.name]
-                score = float(meta.train_metrics.get("calibration_exit_scores", [float("nan")])[-1])
-                where = str(member)
-                console.print(f"{spec.name} model: reusing {member}")
-                tracking.log_params({f"{spec.name}/checkpoint": where})
+    for spec in specs:
+        if spec.name in reused:
+            member, meta = reused[spec.name]
+            score = float(meta.train_metrics.get("calibration_exit_scores", [float("nan")])[-1])
+            where = str(member)
+            console.print(f"{spec.name} model: reusing {member}")
+            tracking.log_params({f"{spec.name}/checkpoint": where})
+        else:
+            member = work / "members" / spec.name
+            where = f"members/{spec.name}"
+            if (member / checkpoint.META).is_file():  # trained before the interruption
+                meta = checkpoint.read_meta(member)
+                score = float(meta.train_metrics["calibration_exit_scores"][-1])
+                console.print(f"{spec.name} model: trained before the interruption ({member})")
             else:
                 member_started = time.perf_counter()
-                fitted = _fit(
-                    cfg, method.member_method(), spec.backbone, spec.layers, data, device, f"{spec.name}/"
+                saver = Saver(
+                    train_state.state_path(member),
+                    cfg.train.save_every,
+                    train_state.training_settings(raw),
+                    member=spec.name,
                 )
-                member = tmp / "members" / spec.name
+                resume = train_state.resumable(member, raw, cfg.train.resume)
+                fitted = _fit(
+                    cfg,
+                    method.member_method(),
+                    spec.backbone,
+                    spec.layers,
+                    data,
+                    device,
+                    f"{spec.name}/",
+                    saver=saver,
+                    resume=resume,
+                )
                 meta = _meta(cfg, "static", spec.backbone, fitted, member_started)
                 checkpoint.save(member, fitted.model, fitted.tokenizer, raw, meta)
+                train_state.remove(saver.path)
                 score = float(fitted.best.scores[-1])
-                where = f"members/{spec.name}"
                 tracking.log_metrics({f"{spec.name}/train_seconds": time.perf_counter() - member_started})
-            tracking.log_metrics({f"{spec.name}/best_{name}": score})
-            entries.append(
-                {"name": spec.name, "folder": where, "weights": checkpoint.weights_fingerprint(member)}
-            )
-            scores.append(score)
-        meta_c = checkpoint.CascadeMeta(
-            method=cfg.method.name,
-            task=cfg.task.name,
-            seed=cfg.seed,
-            num_labels=cfg.task.num_labels,
-            label_names=list(cfg.task.label_names),
-            members=entries,
-        )
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    checkpoint.save_cascade(folder, tmp, raw, meta_c)
+        tracking.log_metrics({f"{spec.name}/best_{name}": score})
+        entries.append({"name": spec.name, "folder": where, "weights": checkpoint.weights_fingerprint(member)})
+        scores.append(score)
+    meta_c = checkpoint.CascadeMeta(
+        method=cfg.method.name,
+        task=cfg.task.name,
+        seed=cfg.seed,
+        num_labels=cfg.task.num_labels,
+        label_names=list(cfg.task.label_names),
+        members=entries,
+    )
+    checkpoint.check_replaceable(folder, cfg.method.name, cfg.backbone.name, cfg.task.name)
+    train_state.finish_cascade_work(work)
+    checkpoint.save_cascade(folder, work, raw, meta_c)
+    if replaces:
+        console.print(f"replaced {replaces}")
     tracking.log_metrics({"train_seconds": time.perf_counter() - started})
     tracking.log_params({"checkpoint": str(folder.resolve())})
     _print_summary([s.name for s in specs], np.asarray(scores), folder)
@@ -321,6 +459,8 @@ def _train_stage(
     step: int,
     best: Best,
     prefix: str = "",
+    saver: Saver | None = None,
+    resume: train_state.TrainState | None = None,
 ) -> tuple[Best, int]:
     objective = method.objective(stage, model.exit_layers).to(device)
     set_trainable(model, stage.trainable)
@@ -332,7 +472,19 @@ def _train_stage(
     schedule = get_linear_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * total), total)
     final_only = stage.objective == "final_only"
     label = f"train stage {s + 1} ({stage.objective})" if len(method.stages()) > 1 else "train"
-    done, epoch = 0, 0
+    done, epoch, skip_batches = 0, 0, 0
+    if resume is not None:  # pick up where the interrupted run stopped, in this stage
+        objective.load_state_dict(resume.objective)
+        optimizer.load_state_dict(resume.optimizer)
+        schedule.load_state_dict(resume.scheduler)
+        done, epoch, skip_batches = resume.position.done, resume.position.epoch, resume.position.batch
+        train_state.restore_rng(resume.rng)
+
+    def save_state(epoch: int, batch: int) -> None:
+        if saver is not None:
+            position = train_state.Position(stage=s, epoch=epoch, batch=batch, done=done, step=step)
+            saver.save(position, model, optimizer, schedule, objective, best)
+
     # ELBERT's exit weights are clipped with the model's parameters, as ELBERT clips them
     trainable = [p for p in model.parameters() if p.requires_grad] + list(objective.parameters())
     if not any(p.requires_grad for p in model.parameters()):
@@ -342,11 +494,14 @@ def _train_stage(
         )
     with progress() as bar:
         task = bar.add_task(label, total=total, info="")
+        if done:
+            bar.update(task, advance=done, info=f"resumed at step {done}")
         while done < total:
             model.train()
-            for batch in batches(
+            epoch_batches = batches(
                 enc_train, cfg.train.batch_size, pad_id=pad_id, shuffle=True, seed=cfg.seed + epoch
-            ):
+            )
+            for i, batch in enumerate(itertools.islice(epoch_batches, skip_batches, None), skip_batches):
                 batch = batch.to(device)
                 out = model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
                 loss = method.loss(objective, out, batch.labels, done)
@@ -363,8 +518,13 @@ def _train_stage(
                         {f"{prefix}train/loss": loss.item(), f"{prefix}train/lr": schedule.get_last_lr()[0]},
                         step,
                     )
+                if saver is not None and saver.every and done % saver.every == 0 and done < total:
+                    save_state(epoch, i + 1)
+                if saver is not None:
+                    saver.after_step(step)
                 if done >= total:
                     break
+            skip_batches = 0
             epoch += 1
             scores = exit_scores(
                 all_exit_outputs(model, enc_cal, cfg.device.eval_batch_size, pad_id, device, "calibration"),
@@ -387,6 +547,7 @@ def _train_stage(
             if score > best.score:
                 state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                 best = Best(score=score, scores=np.asarray(scores), state=state, step=step, stage=s)
+            save_state(epoch, 0)
     model.requires_grad_(True)
     return best, step
 
