@@ -442,22 +442,14 @@ def _check_thresholds(cfg: RootConfig) -> None:
 
 
 def _threshold_problem(rule: ExitRule, t: float, num_labels: int) -> str | None:
-    """What is wrong with threshold `t` for `rule`, or None."""
-    lo, hi = rule.threshold_range
-    # Two bounds the rules' static ranges do not carry: entropy in nats is at most log C, and patience
-    # counts agreeing exits.
-    if rule.name == "entropy" and num_labels >= 2:
-        top = math.log(num_labels)
-        if not (math.isfinite(t) and lo <= t <= top + 5e-5):  # 0.6931 passes for log 2 = 0.693147...
-            return (
-                f"is outside [{lo}, {top:.4f}] for the entropy rule "
-                f"(at most log C, C = task.num_labels = {num_labels})"
-            )
-        return None
-    if not (math.isfinite(t) and lo <= t <= hi):
-        return f"is outside [{lo}, {hi}] for the {rule.name} rule"
-    if rule.name == "patience" and t != int(t):
-        return "must be a whole number of agreeing exits (1, 2, ...) for the patience rule"
+    """What is wrong with threshold `t` for `rule` (its bounds for this task's classes), or None."""
+    lo, hi, why = rule.threshold_bounds(num_labels)
+    # a bound written to 4 places (0.6931 for log 2) is within it
+    if not (math.isfinite(t) and lo <= t and (t <= hi or round(t, 4) <= round(hi, 4))):
+        note = f" ({why})" if why else ""
+        return f"is outside [{round(lo, 4)}, {round(hi, 4)}] for the {rule.name} rule{note}"
+    if rule.whole_thresholds and t != int(t):
+        return f"must be a whole number of {rule.whole_thresholds} (1, 2, ...) for the {rule.name} rule"
     return None
 
 

@@ -80,9 +80,17 @@ class ExitRule:
     # max-prob); the entropy rules of DeeBERT, FastBERT, ElasticBERT and ELBERT read raw logits, so
     # their thresholds stay on the papers' scale (calibrate.temperature=true turns scaling on anyway)
     temperature_scaling: ClassVar[bool] = False
+    # what the threshold counts, when it counts something (patience: agreeing exits): 1, 2, ... only
+    whole_thresholds: ClassVar[str] = ""
 
     def __init__(self, cfg: ExitRuleConfig) -> None:
         self.cfg = cfg
+
+    def threshold_bounds(self, num_classes: int) -> tuple[float, float, str]:
+        """The thresholds that mean something with `num_classes` classes, and why the upper bound is what
+        it is when it depends on the task ("" when it does not)."""
+        lo, hi = self.threshold_range
+        return lo, hi, ""
 
     def grid(
         self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
@@ -180,6 +188,11 @@ class Entropy(ExitRule):
     threshold_range = (0.0, 20.0)
     larger_is_slower = False
 
+    def threshold_bounds(self, num_classes: int) -> tuple[float, float, str]:
+        if num_classes < 2:
+            return super().threshold_bounds(num_classes)
+        return 0.0, math.log(num_classes), f"at most log C, C = task.num_labels = {num_classes}"
+
     def grid(
         self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
     ) -> torch.Tensor:
@@ -214,6 +227,7 @@ class Patience(ExitRule):
     schema = PatienceExitConfig
     threshold_range = (1.0, 1000.0)
     regression = True
+    whole_thresholds = "agreeing exits"
 
     def __init__(self, cfg: ExitRuleConfig) -> None:
         super().__init__(cfg)

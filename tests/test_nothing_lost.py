@@ -270,3 +270,28 @@ def test_killed_training_resumes_to_identical_weights(workdir: Path, tmp_path: P
     runs = _train_runs(broken)
     assert runs["status"].tolist() == ["FINISHED"]
     assert runs["metrics.best_mean_exit_accuracy"].iloc[0] == _train_runs(whole)["metrics.best_mean_exit_accuracy"].iloc[0]
+
+
+@pytest.mark.slow
+def test_killed_cascade_resumes_keeping_the_models_it_trained(workdir: Path, tmp_path: Path):
+    # SWEET's multi-model baseline with two models of 15 steps an epoch; killed in the second model
+    args = [a for a in _args(workdir) if not a.startswith("method=")]
+    args += ["method=multi_model", "method.exit_layers=[1,2]", "train.epochs=1", "train.save_every=4"]
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    ok(elastic("train", *args, f"outputs={whole}", cwd=workdir))
+    killed = elastic("train", *args, f"outputs={broken}", cwd=workdir, env={"ELASTIC_FAULT_AFTER_STEPS": "25"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    ckpt = broken / "checkpoints" / "sst2" / "multi_model" / "tiny-bert" / "seed42"
+    work = train_state.cascade_work(ckpt)
+    assert (work / "members" / "L1" / checkpoint.META).is_file()
+    assert train_state.state_path(work / "members" / "L2").is_file() and not ckpt.exists()
+    resumed = ok(elastic("train", *args, f"outputs={broken}", cwd=workdir))
+    said = " ".join(resumed.stderr.split())
+    assert "L1 model: trained before the interruption" in said and "resuming from" in said
+    assert not work.exists()
+    assert sorted(p.name for p in ckpt.iterdir()) == ["cascade.json", "config.yaml", "members"]
+    for member in ("L1", "L2"):
+        a = _weights(whole / "checkpoints" / "sst2" / "multi_model" / "tiny-bert" / "seed42" / "members" / member)
+        b = _weights(ckpt / "members" / member)
+        assert all(torch.equal(a[k], b[k]) for k in a), member
+    assert _train_runs(broken)["status"].tolist() == ["FINISHED"]

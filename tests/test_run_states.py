@@ -22,6 +22,8 @@ import pytest
 from omegaconf import DictConfig, OmegaConf
 from synthetic import write_synthetic_task
 from test_cli import TINY, _one_line_error, elastic
+from test_tracking import client_for, runs_of
+from test_tracking import make_config as tracking_config
 
 from elastic_cli import cli, hydra_callbacks, tracking
 from elastic_cli.config import RootConfig
@@ -48,35 +50,8 @@ def tracking_log(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPat
 
 
 def make_config(store: Path, task: str, **overrides) -> tuple[RootConfig, DictConfig]:
-    raw = OmegaConf.merge(
-        OmegaConf.structured(RootConfig),
-        {
-            "stage": "train",
-            "outputs": str(store / "outputs"),
-            "method": {"name": "early_exit"},
-            "backbone": {"name": "tiny-bert", "family": "bert", "path": "none"},
-            "task": {"name": task, "dataset": "local"},
-            "tracking": {"uri": f"sqlite:///{store / 'mlflow.db'}"},
-        },
-        overrides,
-    )
-    assert isinstance(raw, DictConfig)
-    cfg = OmegaConf.to_object(raw)
-    assert isinstance(cfg, RootConfig)
-    return cfg, raw
-
-
-def client_for(store: Path):
-    from mlflow import MlflowClient
-
-    return MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
-
-
-def runs_of(store: Path, experiment: str):
-    client = client_for(store)
-    found = client.get_experiment_by_name(experiment)
-    assert found is not None, f"no experiment {experiment}"
-    return client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
+    """test_tracking's config, as a train stage."""
+    return tracking_config(store, task, **{"stage": "train", **overrides})
 
 
 def dead_pid() -> int:

@@ -100,8 +100,10 @@ class Best:
         return cls(**{**saved, "scores": np.asarray(saved["scores"], dtype=np.float64)})
 
 
-# test hook: SIGKILL this process right after that many optimizer steps (the resume test's fault)
+# test hook: SIGKILL this process once it has taken that many optimizer steps, over all the models it
+# trains (the resume tests' fault)
 FAULT_ENV = "ELASTIC_FAULT_AFTER_STEPS"
+_steps_in_process = 0
 
 
 @dataclass
@@ -112,7 +114,6 @@ class Saver:
     every: int
     settings: dict[str, str]
     member: str = ""
-    fault_after: int = field(default_factory=lambda: int(os.environ.get(FAULT_ENV) or 0))
 
     def save(
         self,
@@ -137,8 +138,12 @@ class Saver:
         )
         train_state.save(self.path, state)
 
-    def after_step(self, step: int) -> None:
-        if self.fault_after and step >= self.fault_after:
+    @staticmethod
+    def after_step() -> None:
+        global _steps_in_process
+        _steps_in_process += 1
+        fault_after = int(os.environ.get(FAULT_ENV) or 0)
+        if fault_after and _steps_in_process >= fault_after:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -203,11 +208,7 @@ def _run_locked(
         resume = train_state.resumable(folder, raw, cfg.train.resume)
         run_id = resume.run_id if resume is not None else None
         if resume is not None:
-            p = resume.position
-            console.print(
-                f"resuming from {state_file}: stage {p.stage + 1}, epoch {p.epoch + 1}, step {p.step} "
-                "(train.resume=false starts over)"
-            )
+            _say_resuming(state_file, resume)
         elif state_file.is_file():
             console.print(f"train.resume=false: starting over; the training state {state_file} is replaced")
     saver = Saver(state_file, cfg.train.save_every, train_state.training_settings(raw))
@@ -340,6 +341,14 @@ def _meta(
     )
 
 
+def _say_resuming(path: Path, state: train_state.TrainState) -> None:
+    p = state.position
+    console.print(
+        f"resuming from {path}: stage {p.stage + 1}, epoch {p.epoch + 1}, step {p.step} "
+        "(train.resume=false starts over)"
+    )
+
+
 def _reused_member(cfg: RootConfig, spec: CascadeMemberSpec) -> tuple[Path, checkpoint.CheckpointMeta]:
     """A trained checkpoint named by `method.*_ckpt`: it must be a single-exit model of this task."""
     folder = Path(str(spec.ckpt)).expanduser().resolve()
@@ -399,6 +408,8 @@ def _train_cascade(
                     member=spec.name,
                 )
                 resume = train_state.resumable(member, raw, cfg.train.resume)
+                if resume is not None:
+                    _say_resuming(saver.path, resume)
                 fitted = _fit(
                     cfg,
                     method.member_method(),
@@ -520,8 +531,7 @@ def _train_stage(
                     )
                 if saver is not None and saver.every and done % saver.every == 0 and done < total:
                     save_state(epoch, i + 1)
-                if saver is not None:
-                    saver.after_step(step)
+                Saver.after_step()
                 if done >= total:
                     break
             skip_batches = 0
