@@ -127,6 +127,7 @@ def test_elang_reuses_a_static_checkpoint_as_super(workdir: Path, tmp_path: Path
     _one_line_error(proc, "rewritten", "elastic train")
 
 
+@pytest.mark.extended  # a cascade runs end to end in CI with E-LANG (and multi_model resumes in test_nothing_lost)
 def test_multi_model_counts_every_model_that_ran(workdir: Path, tmp_path: Path):
     out = tmp_path / "out"
     _pipeline(

@@ -417,6 +417,7 @@ def test_corrupt_meta_end_to_end_fails_before_any_run(trained, tmp_path: Path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # in-process: test_damaged_or_edited_backbone; end to end, two others run in CI
 def test_edited_backbone_config_end_to_end(trained, tmp_path: Path):
     _evaluate(
         trained,

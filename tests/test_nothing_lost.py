@@ -134,12 +134,32 @@ def test_calibrate_refuses_a_checkpoint_of_another_task(trained: Path, workdir: 
     rte = workdir / "rte"
     write_synthetic_task(rte, n_train=120, n_dev=40, seed=1, pair=True)
     args = [a for a in _args(workdir) if not a.startswith(("task=", "task.data_dir="))]
-    for stage in ("calibrate", "evaluate"):
-        proc = elastic(stage, *args, "task=rte", f"task.data_dir={rte}", f"ckpt={trained}", cwd=workdir)
-        _one_line_error(proc, "task=sst2 there, rte here")
-    proc = elastic("calibrate", *_args(workdir), "method=sweet", f"ckpt={trained}", cwd=workdir)
-    _one_line_error(proc, "method=early_exit there, sweet here")
+    proc = elastic("calibrate", *args, "task=rte", f"task.data_dir={rte}", f"ckpt={trained}", cwd=workdir)
+    _one_line_error(proc, "task=sst2 there, rte here")
     assert (trained / checkpoint.CALIBRATION).read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ({"task": "rte"}, "task=sst2 there, rte here"),
+        ({"method": "sweet"}, "method=early_exit there, sweet here"),
+        ({"backbone": "tiny-mpnet"}, "backbone=tiny-bert there, tiny-mpnet here"),
+    ],
+)
+def test_calibrate_and_evaluate_check_the_checkpoint_against_the_run(override, needle):
+    from types import SimpleNamespace
+
+    from elastic_cli.stages import subjects
+
+    def run_config(**names: str):
+        return SimpleNamespace(**{k: SimpleNamespace(name=v) for k, v in names.items()})
+
+    info = subjects.SubjectInfo("sst2", 2, False, 4, "early_exit", "tiny-bert")
+    base = {"method": "early_exit", "backbone": "tiny-bert", "task": "sst2"}
+    subjects.check_matches(Path("ckpt"), info, run_config(**base))  # the same: no error
+    with pytest.raises(UserError, match=needle):
+        subjects.check_matches(Path("ckpt"), info, run_config(**{**base, **override}))
 
 
 # ------------------------------------------------------------------ 4/8. the logits cache
@@ -237,7 +257,9 @@ def _train_runs(out: Path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "method,kill_after", [("early_exit", 23), ("deebert", 41)], ids=["mid-epoch", "second-stage"]
+    "method,kill_after",
+    [("early_exit", 23), pytest.param("deebert", 41, marks=pytest.mark.extended)],
+    ids=["mid-epoch", "second-stage"],
 )
 def test_killed_training_resumes_to_identical_weights(workdir: Path, tmp_path: Path, method: str, kill_after):
     # 450 training examples / 32 = 15 steps an epoch; a state every 4 steps

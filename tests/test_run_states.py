@@ -372,7 +372,7 @@ def _statuses(database: Path) -> list[tuple[str, str | None]]:
     "sig,code,line,multirun",
     [
         (signal.SIGTERM, 143, "terminated by SIGTERM", False),
-        (signal.SIGINT, 130, "interrupted", False),
+        pytest.param(signal.SIGINT, 130, "interrupted", False, marks=pytest.mark.extended),
         (signal.SIGTERM, 143, "terminated by SIGTERM", True),
     ],
     ids=["sigterm", "ctrl-c", "sigterm-multirun"],

@@ -55,6 +55,7 @@ def _client(database: Path):
     return MlflowClient(f"sqlite:///{database}")
 
 
+@pytest.mark.extended  # CI runs the 4 real evaluates below
 def test_stage_runs_starting_together_on_a_fresh_store(tmp_path: Path):
     store, go = tmp_path / "store", tmp_path / "go"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}

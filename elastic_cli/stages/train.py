@@ -529,7 +529,9 @@ def _train_stage(
                         {f"{prefix}train/loss": loss.item(), f"{prefix}train/lr": schedule.get_last_lr()[0]},
                         step,
                     )
-                if saver is not None and saver.every and done % saver.every == 0 and done < total:
+                # (the last batch of an epoch is saved at its end, after the epoch's evaluation)
+                at_end = i + 1 == steps_per_epoch or done == total
+                if saver is not None and saver.every and done % saver.every == 0 and not at_end:
                     save_state(epoch, i + 1)
                 Saver.after_step()
                 if done >= total:
