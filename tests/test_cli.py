@@ -314,6 +314,7 @@ def test_regression_task_with_patience_and_lte(tmp_path: Path, method: str):
     assert ev["metrics.adaptive_agreement"] == 1.0
 
 
+@pytest.mark.extended  # check_applicable's refusals: tests/test_exits.py
 def test_regression_rejects_probability_rules(tmp_path: Path):
     data = tmp_path / "stsb"
     _write_regression_task(data, n_train=40, n_dev=10)

@@ -100,6 +100,7 @@ def test_elang_split_matches_the_energy_rule_on_the_predictions(elang_run: Path)
     assert hist == {1: (preds["exit"] == "swift").sum(), 2: (preds["exit"] == "super").sum()}
 
 
+@pytest.mark.extended  # a second cascade trained end to end; the content check: test_cascade.py
 def test_elang_reuses_a_static_checkpoint_as_super(workdir: Path, tmp_path: Path):
     out = tmp_path / "out"
     data = f"task.data_dir={workdir / 'data'}"
@@ -156,6 +157,7 @@ def test_multi_model_counts_every_model_that_ran(workdir: Path, tmp_path: Path):
     assert ev["metrics.accuracy"] > 0.6
 
 
+@pytest.mark.extended  # CI runs a threshold sweep in test_cli.py
 def test_sweep_summary_holds_the_split(elang_run: Path, workdir: Path):
     proc = elastic(
         "evaluate",

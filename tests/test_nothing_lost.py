@@ -128,15 +128,17 @@ def test_retrain_says_what_it_replaced_and_folders_follow_the_umask(trained: Pat
 
 
 @pytest.mark.slow
-def test_calibrate_refuses_a_checkpoint_of_another_task(trained: Path, workdir: Path):
-    ok(elastic("calibrate", *_args(workdir), cwd=workdir))
-    before = (trained / checkpoint.CALIBRATION).read_bytes()
+def test_calibrate_refuses_a_checkpoint_of_another_task(trained: Path, workdir: Path, tmp_path: Path):
+    sst2 = tmp_path / "sst2-ckpt"
+    shutil.copytree(trained, sst2)
+    calibrated = b'{"what": "the sst2 calibration"}'
+    (sst2 / checkpoint.CALIBRATION).write_bytes(calibrated)
     rte = workdir / "rte"
     write_synthetic_task(rte, n_train=120, n_dev=40, seed=1, pair=True)
     args = [a for a in _args(workdir) if not a.startswith(("task=", "task.data_dir="))]
-    proc = elastic("calibrate", *args, "task=rte", f"task.data_dir={rte}", f"ckpt={trained}", cwd=workdir)
+    proc = elastic("calibrate", *args, "task=rte", f"task.data_dir={rte}", f"ckpt={sst2}", cwd=workdir)
     _one_line_error(proc, "task=sst2 there, rte here")
-    assert (trained / checkpoint.CALIBRATION).read_bytes() == before
+    assert (sst2 / checkpoint.CALIBRATION).read_bytes() == calibrated
 
 
 @pytest.mark.parametrize(
