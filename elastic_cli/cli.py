@@ -21,7 +21,7 @@ import hydra
 from omegaconf import DictConfig
 
 from elastic_cli.config import register_configs, to_root
-from elastic_cli.errors import UserError
+from elastic_cli.errors import UserError, fail
 
 STAGES = {
     "train": "fine-tune a method's model and write a checkpoint",
@@ -88,21 +88,6 @@ def _help() -> str:
     return "\n".join(lines)
 
 
-_NOISE = re.compile(r"^(full_key|object_type|reference_type|Set the environment variable HYDRA_FULL_ERROR)")
-
-
-def one_line(message: str) -> str:
-    """Hydra and OmegaConf errors span lines (and list the search path): keep what a user needs."""
-    kept = []
-    for line in message.splitlines():
-        line = line.strip()
-        if line.startswith("Config search path"):
-            break
-        if line and not _NOISE.match(line):
-            kept.append(line)
-    return " ".join(kept)
-
-
 def _user_errors() -> tuple[type[BaseException], ...]:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -140,14 +125,6 @@ def _exit_group_shorthand(arg: str) -> str:
         return f"method/exit={match.group(1)}"
     match = _SWIFT_SHORTHAND.match(arg)
     return f"backbone@method.swift={match.group(1)}" if match else arg
-
-
-def fail(err: BaseException) -> NoReturn:
-    message = str(err)
-    if err.__cause__ is not None and str(err.__cause__) not in message:
-        message += f": {err.__cause__}"
-    print(f"error: {one_line(message)}", file=sys.stderr)
-    sys.exit(2)
 
 
 class Terminated(KeyboardInterrupt):

@@ -1,4 +1,10 @@
-"""The one exception type for bad input: the CLI prints its message on one line and exits 2."""
+"""The one exception type for bad input, and how the CLI reports it: one line on stderr, exit code 2."""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import NoReturn
 
 
 class UserError(Exception):
@@ -6,3 +12,26 @@ class UserError(Exception):
 
     The message is the whole report: say what is wrong and what to do.
     """
+
+
+_NOISE = re.compile(r"^(full_key|object_type|reference_type|Set the environment variable HYDRA_FULL_ERROR)")
+
+
+def one_line(message: str) -> str:
+    """Hydra and OmegaConf errors span lines (and list the search path): keep what a user needs."""
+    kept = []
+    for line in message.splitlines():
+        line = line.strip()
+        if line.startswith("Config search path"):
+            break
+        if line and not _NOISE.match(line):
+            kept.append(line)
+    return " ".join(kept)
+
+
+def fail(err: BaseException) -> NoReturn:
+    message = str(err)
+    if err.__cause__ is not None and str(err.__cause__) not in message:
+        message += f": {err.__cause__}"
+    print(f"error: {one_line(message)}", file=sys.stderr)
+    sys.exit(2)

@@ -128,7 +128,7 @@ def _check_store(config: DictConfig) -> None:
 
 def _abort(err: UserError) -> NoReturn:
     # Hydra turns a callback's exception into a warning and carries on: stop with the CLI's one line
-    from elastic_cli.cli import fail
+    from elastic_cli.errors import fail
 
     fail(err)
 
