@@ -22,8 +22,9 @@ from scipy.optimize import minimize_scalar
 from elastic_cli import exits
 from elastic_cli.cost import EncoderDims, ExitCosts
 from elastic_cli.errors import UserError
-from elastic_cli.exits import ExitRule, ExitSignals
+from elastic_cli.exits import ExitRule
 from elastic_cli.metrics import pearson
+from elastic_cli.signals import ExitSignals
 
 # T is searched in [1/100, 100]: far outside what a trained classifier needs, and it keeps the fit finite
 # when the NLL keeps falling (perfectly separated calibration data)

@@ -17,6 +17,7 @@ import math
 import os
 import re
 import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import UnionType
@@ -30,9 +31,10 @@ from safetensors.torch import load_model, save_model
 from elastic_cli import files
 from elastic_cli.config import RootConfig
 from elastic_cli.errors import UserError
-from elastic_cli.models.adapters import ADAPTERS
-from elastic_cli.models.heads import HEAD_KINDS, HeadSpec
-from elastic_cli.models.loading import backbone_from_folder, first_line, read_json_object, save_backbone_files
+from elastic_cli.models.adapters import FAMILIES
+from elastic_cli.models.heads import HEADS, HeadSpec
+from elastic_cli.models.json_files import first_line, read_json_object
+from elastic_cli.models.loading import backbone_from_folder, save_backbone_files
 from elastic_cli.models.multi_exit import MultiExitModel
 
 # bumped whenever the weights' layout changes, so an old checkpoint fails with a message, not a traceback
@@ -229,13 +231,13 @@ def _meta_problem(data: dict[str, Any]) -> str | None:
         return f"exit_layers is {_show(layers)}, not rising layer numbers from 1"
     if data["num_labels"] < 1 or data["max_seq_length"] < 1:
         return f"num_labels is {data['num_labels']}, max_seq_length {data['max_seq_length']}"
-    if data["family"] not in ADAPTERS:
-        return f"family {data['family']!r} is not one of {', '.join(ADAPTERS)}"
-    if spec.kind not in HEAD_KINDS or spec.pooling not in ("cls", "mean"):
+    if data["family"] not in FAMILIES:
+        return f"family {data['family']!r} is not one of {', '.join(FAMILIES)}"
+    if spec.kind not in HEADS or spec.pooling not in ("cls", "mean"):
         return f"head kind {spec.kind!r} with {spec.pooling!r} pooling is not a head elastic builds"
-    heads = spec.attention_heads
-    if spec.kind == "fastbert" and (spec.width < 1 or heads < 1 or spec.width % heads):
-        return f"a fastbert head of width {spec.width} cannot have {spec.attention_heads} attention heads"
+    problem = HEADS.get(spec.kind).spec_problem(spec)
+    if problem is not None:
+        return problem
     if not 0.0 <= spec.dropout < 1.0:
         return f"head.dropout is {spec.dropout}"
     return None
@@ -344,6 +346,12 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     files.write_text_atomic(path, json.dumps(obj, indent=2))
 
 
+# ---------------------------------------------------------------- calibration.json
+
+# bumped when calibration.json changes so that an older elastic would misread it; a file without the
+# field was written before it existed and is version 1
+CALIBRATION_VERSION = 1
+
 # what evaluate reads of a calibration (the other keys are a record of how it was chosen)
 _CALIBRATION_KEYS: dict[str, Any] = {
     "rule": str,
@@ -352,6 +360,80 @@ _CALIBRATION_KEYS: dict[str, Any] = {
     "exits": list[str],
     "rule_settings": dict[str, Any] | None,
 }
+
+
+@dataclass(kw_only=True)
+class CalibrationFile:
+    """calibration.json, written by `elastic calibrate` beside the checkpoint and read by `evaluate`:
+    `save` and `load` are the only code that writes or reads the file.
+
+    evaluate uses rule, rule_settings, threshold, temperatures and exits, which `load` checks; the other
+    fields are a record of how the threshold was chosen, read as the file has them (unchecked, as
+    evaluate never uses them). Keys this elastic does not know are kept in `extra`.
+    """
+
+    # in the order calibrate has always written them; a record field missing from a file written
+    # before it existed reads as its default
+    version: int = CALIBRATION_VERSION
+    rule: str
+    rule_settings: dict[str, Any] | None = None  # None: written before rule settings were recorded
+    threshold: float
+    temperatures: list[float]  # one per exit, in the order of `exits`
+    exit_layers: list[int] = field(default_factory=list)  # record
+    exits: list[str]  # the exits' names (L<layer>, or a cascade's model names)
+    target: str = ""  # record, as all below
+    tolerance: float = math.nan
+    speedup_target: float = math.nan
+    target_met: bool = False
+    score_name: str = ""  # accuracy, or pearson for a regression
+    reference_score: float = math.nan  # the last exit's score on the calibration split
+    score: float = math.nan  # the score at the chosen threshold
+    layer_speedup: float = math.nan
+    flops_speedup: float = math.nan
+    super_fraction: float = math.nan
+    speed_column: str = ""
+    n_examples: int = 0
+    weights: str = ""  # fingerprint of the weights it was calibrated on
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of calibration.json: the fields in order, then the `extra` keys."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return {**data, **self.extra}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], path: Path) -> CalibrationFile:
+        """The calibration in `data`, read from `path`; a damaged or newer file is a one-line UserError."""
+        version = data.get("version", 1)  # calibrations written before the field existed are version 1
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise UserError(
+                f"{path} is corrupt (version is {_show(version)}, not a whole number from 1): {_CALIBRATION_FIX}"
+            )
+        if version > CALIBRATION_VERSION:
+            raise UserError(
+                f"{path} is a calibration of version {version}, this elastic reads version "
+                f"{CALIBRATION_VERSION}: {_CALIBRATION_FIX} (or use the elastic version that wrote it)"
+            )
+        problem = _calibration_problem(data)
+        if problem is not None:
+            raise UserError(f"{path} is corrupt ({problem}): {_CALIBRATION_FIX}")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        return cls(
+            **{key: value for key, value in data.items() if key in known},
+            extra={key: value for key, value in data.items() if key not in known},
+        )
+
+    def save(self, folder: Path) -> None:
+        """Write (atomically) calibration.json into the checkpoint folder `folder`."""
+        write_json_atomic(folder / CALIBRATION, self.to_json())
+
+    @classmethod
+    def load(cls, folder: Path) -> CalibrationFile | None:
+        """calibration.json of the checkpoint in `folder`, None when it has none (not calibrated yet)."""
+        path = folder / CALIBRATION
+        if not path.exists():
+            return None
+        return cls.from_json(read_json_object(path, _CALIBRATION_FIX), path)
 
 
 def _calibration_problem(data: dict[str, Any]) -> str | None:
@@ -371,87 +453,141 @@ def _calibration_problem(data: dict[str, Any]) -> str | None:
 
 
 def read_calibration(folder: Path) -> dict[str, Any] | None:
-    """calibration.json of the checkpoint in `folder`, None when it has none (not calibrated yet)."""
-    path = folder / CALIBRATION
-    if not path.exists():
-        return None
-    data = read_json_object(path, _CALIBRATION_FIX)
-    problem = _calibration_problem(data)
-    if problem is not None:
-        raise UserError(f"{path} is corrupt ({problem}): {_CALIBRATION_FIX}")
-    return data
+    """calibration.json of the checkpoint in `folder` as its JSON object (read and checked by
+    `CalibrationFile.load`), None when it has none."""
+    calib = CalibrationFile.load(folder)
+    return None if calib is None else calib.to_json()
 
 
 # ---------------------------------------------------------------- cascades of separate models
 
 CASCADE = "cascade.json"
+_MEMBER_KEYS = ("name", "folder", "weights")
 
 
-@dataclass
+@dataclass(frozen=True)
+class CascadeMember:
+    """One model of a cascade, as cascade.json lists it."""
+
+    name: str  # how its exit is labelled: "swift", "super", "L4"
+    folder: str  # its checkpoint folder: relative to the cascade's folder when inside it, else absolute
+    weights: str  # the fingerprint of its weights when the cascade was assembled
+
+    @classmethod
+    def of(cls, entry: CascadeMember | Mapping[str, str]) -> CascadeMember:
+        """The member an entry of cascade.json (a {"name", "folder", "weights"} object) describes; keys
+        besides those three are ignored, as they always were."""
+        if isinstance(entry, CascadeMember):
+            return entry
+        return cls(**{key: entry[key] for key in _MEMBER_KEYS})
+
+    def path(self, cascade_folder: Path) -> Path:
+        """Its checkpoint folder, for a cascade in `cascade_folder`."""
+        path = Path(self.folder).expanduser()
+        return path if path.is_absolute() else cascade_folder / path
+
+
+@dataclass(init=False)
 class CascadeMeta:
     """A cascade's folder: cascade.json lists its models, smallest first. A model trained with the cascade
-    lives in members/<name>/ (a checkpoint folder as above); a reused one is referenced where it is."""
+    lives in members/<name>/ (a checkpoint folder as above); a reused one is referenced where it is.
+    `save` and `load` are the only code that writes or reads cascade.json.
+
+    The members may be given as CascadeMember or as the {"name", "folder", "weights"} dicts cascade.json
+    holds (what the training code builds); they are CascadeMember once made.
+    """
 
     method: str
     task: str
     seed: int
     num_labels: int
     label_names: list[str]
-    # one entry per model: name, folder (relative to the cascade's folder when inside it), weights
-    members: list[dict[str, str]]
+    members: list[CascadeMember]  # smallest first
+    # the file's version, the checkpoints' FORMAT; a cascade.json without it is read as the current one
     format: int = FORMAT
+
+    def __init__(
+        self,
+        method: str,
+        task: str,
+        seed: int,
+        num_labels: int,
+        label_names: list[str],
+        members: Sequence[CascadeMember | Mapping[str, str]],
+        format: int = FORMAT,
+    ) -> None:
+        self.method = method
+        self.task = task
+        self.seed = seed
+        self.num_labels = num_labels
+        self.label_names = label_names
+        self.members = [CascadeMember.of(entry) for entry in members]
+        self.format = format
+
+    def save(self, folder: Path) -> None:
+        """Write (atomically) cascade.json into `folder`."""
+        write_json_atomic(folder / CASCADE, asdict(self))
+
+    @classmethod
+    def load(cls, folder: Path) -> CascadeMeta:
+        """cascade.json of the cascade in `folder`, its members' checkpoints checked to be the ones it was
+        assembled from; a damaged file, another format or a changed member is a one-line UserError."""
+        path = folder / CASCADE
+        data = read_json_object(path, _CASCADE_FIX)
+        version = data.get("format", FORMAT)
+        if version != FORMAT:
+            raise UserError(
+                f"the cascade in {folder} has format {version}, this elastic reads format {FORMAT}: "
+                "re-run `elastic train`"
+            )
+        problem = _cascade_problem(data)
+        if problem is not None:
+            raise UserError(f"{path} is corrupt ({problem}): {_CASCADE_FIX}")
+        meta = cls(**data)
+        for entry in meta.members:
+            member = entry.path(folder)
+            read_meta(member)
+            if not fingerprint_matches(member, entry.weights):
+                raise UserError(
+                    f"the {entry.name} model of the cascade in {folder} ({member}) was rewritten after the "
+                    "cascade was assembled: re-run `elastic train` for the cascade"
+                )
+        return meta
 
 
 def is_cascade(folder: Path) -> bool:
     return (folder / CASCADE).is_file()
 
 
-def member_folder(folder: Path, entry: dict[str, str]) -> Path:
-    path = Path(entry["folder"]).expanduser()
-    return path if path.is_absolute() else folder / path
+def member_folder(folder: Path, entry: CascadeMember) -> Path:
+    return entry.path(folder)
 
 
 def save_cascade(folder: Path, work: Path, raw_cfg: DictConfig, meta: CascadeMeta) -> None:
     """Finish the cascade written into `work` (its members/ already saved there) and swap it in. A
     failure leaves `work` as it is: its trained models are what a resumed run goes on from."""
     OmegaConf.save(raw_cfg, work / "config.yaml", resolve=True)
-    (work / CASCADE).write_text(json.dumps(asdict(meta), indent=2))
+    meta.save(work)
     files.apply_umask_tree(work)
     _swap_in(work, folder)
 
 
 def _cascade_problem(data: dict[str, Any]) -> str | None:
-    problem = _fields_problem(CascadeMeta, data)
+    # the members are checked below, as the JSON objects the file holds
+    problem = _fields_problem(CascadeMeta, {**data, "members": []} if "members" in data else data)
     if problem is not None:
         return problem
-    if not data["members"]:
+    members = data["members"]
+    if not _conforms(members, list[dict[str, str]]):
+        return f"members is {_show(members)}, not {_type_name(list[dict[str, str]])}"
+    if not members:
         return "no members"
-    for i, entry in enumerate(data["members"]):
-        missing = [key for key in ("name", "folder", "weights") if key not in entry]
+    for i, entry in enumerate(members):
+        missing = [key for key in _MEMBER_KEYS if key not in entry]
         if missing:
             return f"members[{i}] has no {missing[0]}"
     return None
 
 
 def read_cascade_meta(folder: Path) -> CascadeMeta:
-    path = folder / CASCADE
-    data = read_json_object(path, _CASCADE_FIX)
-    version = data.get("format", FORMAT)
-    if version != FORMAT:
-        raise UserError(
-            f"the cascade in {folder} has format {version}, this elastic reads format {FORMAT}: "
-            "re-run `elastic train`"
-        )
-    problem = _cascade_problem(data)
-    if problem is not None:
-        raise UserError(f"{path} is corrupt ({problem}): {_CASCADE_FIX}")
-    meta = CascadeMeta(**data)
-    for entry in meta.members:
-        member = member_folder(folder, entry)
-        read_meta(member)
-        if not fingerprint_matches(member, entry["weights"]):
-            raise UserError(
-                f"the {entry['name']} model of the cascade in {folder} ({member}) was rewritten after the "
-                "cascade was assembled: re-run `elastic train` for the cascade"
-            )
-    return meta
+    return CascadeMeta.load(folder)

@@ -20,7 +20,6 @@ from typing import NoReturn
 import hydra
 from omegaconf import DictConfig
 
-from elastic_cli.config import register_configs, to_root
 from elastic_cli.errors import UserError, fail
 
 STAGES = {
@@ -40,11 +39,12 @@ def _config_path() -> str:
 
 
 CONFIG_PATH = _config_path()
-register_configs()
 
 
 def _run_stage(stage: str, cfg: DictConfig) -> float | None:
     # Inside the job, exit here: Hydra would otherwise add its own "Error executing job" line.
+    from elastic_cli.checks import to_root
+
     try:
         root = to_root(cfg)
         module = importlib.import_module(f"elastic_cli.stages.{stage}")
@@ -155,6 +155,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: unknown stage {stage!r}; choose one of {', '.join(STAGES)}", file=sys.stderr)
         sys.exit(2)
     args = [_exit_group_shorthand(a) for a in args]
+    from elastic_cli.plugins import register_configs
+
+    try:
+        plugin_conf = register_configs()
+    except UserError as err:
+        fail(err)
+    if plugin_conf:  # the outside plug-ins' YAMLs (ELASTIC_PLUGINS)
+        args.append("hydra.searchpath=[" + ",".join(f"'file://{folder}'" for folder in plugin_conf) + "]")
     # Let exceptions reach us instead of Hydra's multi-line report, so bad input is one line.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     sys.argv = [f"elastic {stage}", *args]

@@ -1,9 +1,13 @@
-"""Dataclass schemas of every config group, registered in Hydra's ConfigStore.
+"""Dataclass schemas of the root config and its groups, registered in Hydra's ConfigStore.
 
-Each YAML in conf/<group>/ names its schema in its defaults list (`schema/<group>@_here_`... see the
-YAMLs), so a typo or a wrong type fails at composition. Checks of values live in `validate()`, run by
-every stage before any work: every numeric setting against its range (the table RANGES), and checks that
-span fields (a threshold and the sweep grid in the exit rule's range, the shape of the exit layers).
+The bottom of the package: it imports nothing of elastic's but its errors. Each YAML in conf/<group>/ names
+its schema in its defaults list (`schema/<group>@_here_`... see the YAMLs), so a typo or a wrong type (or a
+value outside a fixed set of choices, an Enum) fails at composition. A plug-in's own settings (a method's,
+an exit rule's) are a subclass of MethodConfig or ExitRuleConfig that lives beside the plug-in and is
+registered with it (elastic_cli/registry.py). `validate()` checks what needs no registry: every numeric
+setting against its range (the table RANGES; a plug-in schema lists its own in a `RANGES` class variable),
+the shape of the exit layers, label names, tiny-model shapes. The checks against the registries (names,
+thresholds in the exit rule's range) are in elastic_cli/checks.py.
 """
 
 from __future__ import annotations
@@ -11,21 +15,83 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from enum import StrEnum
+from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from elastic_cli.errors import UserError
 
-if TYPE_CHECKING:
-    from elastic_cli.exits import ExitRule
+
+# Fixed choices. OmegaConf matches an Enum by member name, so each name is its value.
+class Pooling(StrEnum):
+    cls = "cls"  # the first token's state
+    mean = "mean"  # the mean over real tokens
+
+
+class Metric(StrEnum):
+    accuracy = "accuracy"
+    f1 = "f1"
+    matthews = "matthews"
+    pearson_spearman = "pearson_spearman"
+
+
+class DeviceName(StrEnum):
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class Dtype(StrEnum):
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+class CalibrationTarget(StrEnum):
+    accuracy_within = "accuracy_within"
+    speedup = "speedup"
+    super_fraction = "super_fraction"
+
+
+class Trainable(StrEnum):
+    all = "all"
+    intermediate_heads = "intermediate_heads"  # backbone and final head frozen
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The allowed values of a numeric setting: `holds(value)`, and how the error message says it."""
+
+    holds: Callable[[float], bool]
+    says: str
+
+
+def at_least(low: float) -> Bound:
+    return Bound(lambda value: value >= low, f">= {low:g}")
+
+
+POSITIVE = Bound(lambda value: value > 0, "> 0")
+NON_NEGATIVE = at_least(0)
+FRACTION = Bound(lambda value: 0 <= value < 1, "in [0, 1)")
+OPEN_UNIT = Bound(lambda value: 0 < value < 1, "in (0, 1)")
+UNIT = Bound(lambda value: 0 <= value <= 1, "in [0, 1]")
 
 
 @dataclass
 class TinyBackboneConfig:
     """A randomly initialised backbone for tests and smoke runs; its WordPiece tokenizer is
     trained on the task's training texts when the model is built."""
+
+    RANGES: ClassVar[tuple[tuple[str, Bound, str], ...]] = (
+        ("num_layers", at_least(1), "the tiny model's layers"),
+        ("hidden_size", at_least(1), "the tiny model's width"),
+        ("num_heads", at_least(1), "the tiny model's attention heads"),
+        ("intermediate_size", at_least(1), "the tiny model's feed-forward width"),
+        ("vocab_size", at_least(1), "the tiny model's vocabulary"),
+        ("max_position_embeddings", at_least(8), "the tiny model's longest input"),
+    )
 
     num_layers: int = 4
     hidden_size: int = 32
@@ -38,16 +104,20 @@ class TinyBackboneConfig:
 @dataclass
 class BackboneConfig:
     name: str = "???"
-    family: str = "???"  # bert | mpnet  (the adapters in elastic_cli/models/adapters.py)
+    family: str = "???"  # a registered adapter (elastic_cli/models/adapters.py): bert, mpnet, ...
     path: str = "???"  # hub id or local folder (ignored when `tiny` is set)
     tiny: TinyBackboneConfig | None = None
-    pooling: str = "cls"  # cls | mean: how an exit head reads the hidden states
+    pooling: Pooling = Pooling.cls  # how an exit head reads the hidden states
     use_pretrained_pooler: bool = True  # initialise the exit heads' pooler from the backbone's, if it has one
 
 
 @dataclass
 class ExitRuleConfig:
-    """An exit rule (conf/method/exit/<name>.yaml); the threshold is the value a sweep varies."""
+    """An exit rule (conf/method/exit/<name>.yaml); the threshold is the value a sweep varies. A rule with
+    settings of its own subclasses this beside the rule (elastic_cli/exits.py) and lists their ranges in
+    `RANGES` (field, Bound, what it is)."""
+
+    RANGES: ClassVar[tuple[tuple[str, Bound, str], ...]] = ()
 
     name: str = "maxprob"
     # None: take the threshold chosen by `calibrate` (calibration.json beside the checkpoint)
@@ -58,51 +128,27 @@ class ExitRuleConfig:
 
 
 @dataclass
-class PatienceExitConfig(ExitRuleConfig):
-    """PABEE / ElasticBERT patience: exit once `threshold` consecutive exits agree."""
-
-    name: str = "patience"
-    # regression: consecutive outputs "agree" when they differ by less than this (PABEE: 0.1 for STS-B)
-    regression_threshold: float = 0.1
-
-
-@dataclass
-class ElbertExitConfig(ExitRuleConfig):
-    """ELBERT: normalised entropy below `threshold`, else a confidence-window rule over `window` exits."""
-
-    name: str = "elbert"
-    mode: str = "bias_1"  # bias_1 | bias_2 | bias_3 | entropy (stage 1 only)
-    window: int = 8  # ELBERT's cnt_thres
-    margin: float = 0.0
-    range: float = 0.1  # bias_3: the window's max - min of the predicted class's probability
-
-
-@dataclass
-class EnergyExitConfig(ExitRuleConfig):
-    """E-LANG's energy router: leave at a model when s = T logsumexp(z / T) >= threshold, else go on."""
-
-    name: str = "energy"
-    temperature: float = 1.0  # T (E-LANG's README default)
-    sweep: str = "0,1,2,3,4,5,6"
-
-
-@dataclass
 class TrainStageConfig:
     """One stage of a multi-stage method (DeeBERT, FastBERT)."""
 
     objective: str = "sum"
-    trainable: str = "all"  # all | intermediate_heads (backbone and final head frozen)
+    trainable: Trainable = Trainable.all
     epochs: float | None = None  # None: train.epochs
     lr_scale: float = 1.0  # this stage's lr = train.lr * lr_scale
 
 
 @dataclass
 class MethodConfig:
+    """A method's settings. A method with settings of its own subclasses this beside its class
+    (elastic_cli/methods/<name>.py) and lists their ranges in `RANGES` (field, Bound, what it is)."""
+
+    RANGES: ClassVar[tuple[tuple[str, Bound, str], ...]] = ()
+
     name: str = "???"
     # "all" (every layer), "last", a list of 1-indexed layer numbers such as [4,6,12], or a list of
     # fractions of the depth such as [0.0833,0.333,0.5,1.0] (SWEET's 0_3_5_11 on any depth)
     exit_layers: Any = "all"
-    head: str = "pooler"  # pooler | shared_pooler | shared | fastbert
+    head: str = "pooler"  # a registered head kind (elastic_cli/models/heads.py)
     objective: str = "sum"  # see elastic_cli/methods/objectives.py
     stages: list[TrainStageConfig] = field(default_factory=list)  # empty: one stage of `objective`
     stop_gradient: bool = False  # SWEET: no gradient from exit k into the layers before exit k-1
@@ -114,35 +160,6 @@ class MethodConfig:
 
 
 @dataclass
-class ElbertMethodConfig(MethodConfig):
-    w_init: float = 4.0  # initial logit of every intermediate exit weight (sigmoid(4) = 0.982)
-    w_lr: float = 1e-2  # lr of the exit weights (their own optimizer group)
-
-
-@dataclass
-class FastbertMethodConfig(MethodConfig):
-    head_hidden: int = 128  # FastBERT's student classifier width
-    head_attention_heads: int = 2
-    distil_temperature: float = 1.0
-
-
-@dataclass
-class ElangMethodConfig(MethodConfig):
-    """E-LANG: a swift model (this backbone) in front of the super model (the `backbone` group)."""
-
-    swift: BackboneConfig = field(default_factory=BackboneConfig)
-    swift_ckpt: str | None = None  # reuse a trained single-exit (static) checkpoint as the swift model
-    super_ckpt: str | None = None  # ... or as the super model
-
-
-@dataclass
-class MultiModelMethodConfig(MethodConfig):
-    """SWEET's multi-model baseline: one model per exit layer, the backbone's first k layers each."""
-
-    member_ckpts: dict[str, str] = field(default_factory=dict)  # reuse: {"L4": folder, ...}
-
-
-@dataclass
 class TaskConfig:
     name: str = "???"
     dataset: str = "???"  # hub dataset id, e.g. nyu-mll/glue
@@ -151,7 +168,7 @@ class TaskConfig:
     label_column: str = "label"
     num_labels: int = 2  # 1 for regression
     label_names: list[str] = field(default_factory=list)
-    metric: str = "accuracy"  # accuracy | f1 | matthews | pearson_spearman
+    metric: Metric = Metric.accuracy
     train_split: str = "train"
     eval_splits: list[str] = field(default_factory=lambda: ["validation"])
     # local files: <data_dir>/<file stem>.{tsv,csv,jsonl}; stems for the splits above
@@ -166,8 +183,8 @@ class TaskConfig:
 
 @dataclass
 class DeviceConfig:
-    name: str = "cpu"  # cpu | cuda | mps
-    dtype: str = "float32"
+    name: DeviceName = DeviceName.cpu
+    dtype: Dtype = Dtype.float32
     threads: int | None = None  # torch.set_num_threads; None: leave torch's default
     eval_batch_size: int = 64
     throughput_batch_size: int = 32
@@ -197,7 +214,7 @@ class CalibrateConfig:
     # speedup: most accurate threshold whose speed-up is at least `speedup` (layers; FLOPs for a cascade)
     # super_fraction: most accurate threshold sending at most `super_fraction` of the examples to the last
     #   exit (a cascade's super model)
-    target: str = "accuracy_within"
+    target: CalibrationTarget = CalibrationTarget.accuracy_within
     tolerance: float = 0.01
     speedup: float = 2.0
     super_fraction: float = 0.25
@@ -240,68 +257,22 @@ class RootConfig:
 
 
 def register_configs() -> None:
+    """The root schema and the bases of the groups; plug-ins store their own schemas as they register
+    (elastic_cli/registry.py), and elastic_cli/plugins.py imports them all."""
     cs = ConfigStore.instance()
     cs.store(name="schema_root", node=RootConfig)
     cs.store(group="schema/method", name="base", node=MethodConfig, package="method")
-    cs.store(group="schema/method", name="elbert", node=ElbertMethodConfig, package="method")
-    cs.store(group="schema/method", name="fastbert", node=FastbertMethodConfig, package="method")
-    cs.store(group="schema/method", name="elang", node=ElangMethodConfig, package="method")
-    cs.store(group="schema/method", name="multi_model", node=MultiModelMethodConfig, package="method")
-    for name, node in EXIT_SCHEMAS.items():
-        cs.store(group="schema/exit", name=name, node=node)
+    cs.store(group="schema/exit", name="base", node=ExitRuleConfig)
     cs.store(group="schema/backbone", name="base", node=BackboneConfig, package="backbone")
     cs.store(group="schema/task", name="base", node=TaskConfig, package="task")
     cs.store(group="schema/device", name="base", node=DeviceConfig, package="device")
 
 
-EXIT_SCHEMAS: dict[str, type[ExitRuleConfig]] = {
-    "base": ExitRuleConfig,
-    "patience": PatienceExitConfig,
-    "elbert": ElbertExitConfig,
-    "energy": EnergyExitConfig,
-}
-
-KNOWN = {
-    "backbone.family": ("bert", "mpnet", "albert", "deberta", "distilbert"),
-    "backbone.pooling": ("cls", "mean"),
-    "method.head": ("pooler", "shared_pooler", "shared", "fastbert"),
-    "task.metric": ("accuracy", "f1", "matthews", "pearson_spearman"),
-    "device.name": ("cpu", "cuda", "mps"),
-    "device.dtype": ("float32", "float16", "bfloat16"),
-    "calibrate.target": ("accuracy_within", "speedup", "super_fraction"),
-}
-
-
-def to_root(cfg: DictConfig) -> RootConfig:
-    """The typed object the stages work with, checked by `validate`."""
-    root = OmegaConf.to_object(cfg)
-    assert isinstance(root, RootConfig)
-    validate(root)
-    return root
-
-
-@dataclass(frozen=True)
-class Bound:
-    """The allowed values of a numeric setting: `holds(value)`, and how the error message says it."""
-
-    holds: Callable[[float], bool]
-    says: str
-
-
-def at_least(low: float) -> Bound:
-    return Bound(lambda value: value >= low, f">= {low:g}")
-
-
-POSITIVE = Bound(lambda value: value > 0, "> 0")
-NON_NEGATIVE = at_least(0)
-FRACTION = Bound(lambda value: 0 <= value < 1, "in [0, 1)")
-OPEN_UNIT = Bound(lambda value: 0 < value < 1, "in (0, 1)")
-UNIT = Bound(lambda value: 0 <= value <= 1, "in [0, 1]")
-
 # Every numeric setting and its range, checked at composition: (setting, bound, what it is). A setting
 # that is null (unset: its default applies) or absent from this config (another method's, another exit
 # rule's, a hub backbone's `tiny`) is skipped. train.max_steps has no bound: > 0 sets the steps, the rest
-# leaves them to train.epochs. Thresholds depend on the exit rule: see `_threshold_problem`.
+# leaves them to train.epochs. A plug-in's settings are in its schema's RANGES; thresholds depend on the exit
+# rule (elastic_cli/checks.py).
 RANGES: tuple[tuple[str, Bound, str], ...] = (
     ("seed", NON_NEGATIVE, "the random seed"),
     ("train.lr", POSITIVE, "the learning rate"),
@@ -315,27 +286,7 @@ RANGES: tuple[tuple[str, Bound, str], ...] = (
     ("train.save_every", NON_NEGATIVE, "optimizer steps between training states; 0: each epoch's end"),
     ("method.lte_weight", NON_NEGATIVE, "the weight of the learning-to-exit loss"),
     ("method.head_dropout", FRACTION, "the dropout before every exit classifier"),
-    ("method.w_lr", POSITIVE, "the learning rate of ELBERT's exit weights"),
-    ("method.head_hidden", at_least(1), "the width of FastBERT's student classifier"),
-    ("method.head_attention_heads", at_least(1), "the attention heads of FastBERT's student classifier"),
-    ("method.distil_temperature", POSITIVE, "FastBERT's distillation temperature"),
-    ("method.exit.regression_threshold", POSITIVE, "the change below which regression exits agree"),
-    ("method.exit.window", at_least(1), "the exits in ELBERT's window"),
-    ("method.exit.margin", FRACTION, "ELBERT's margin above 1/C"),
-    ("method.exit.range", POSITIVE, "ELBERT's bias_3 spread"),
-    ("method.exit.temperature", POSITIVE, "the energy rule's temperature T"),
-    *(
-        (f"{backbone}.tiny.{key}", at_least(low), f"the tiny model's {what}")
-        for backbone in ("backbone", "method.swift")  # the model, and E-LANG's swift model
-        for key, low, what in (
-            ("num_layers", 1, "layers"),
-            ("hidden_size", 1, "width"),
-            ("num_heads", 1, "attention heads"),
-            ("intermediate_size", 1, "feed-forward width"),
-            ("vocab_size", 1, "vocabulary"),
-            ("max_position_embeddings", 8, "longest input"),
-        )
-    ),
+    *((f"backbone.tiny.{key}", bound, what) for key, bound, what in TinyBackboneConfig.RANGES),
     ("task.num_labels", at_least(1), "the number of classes; 1: regression"),
     ("task.max_train_samples", at_least(1), "training examples to keep; null: all"),
     ("task.max_eval_samples", at_least(1), "evaluation examples to keep; null: all"),
@@ -379,24 +330,25 @@ def _setting(cfg: Any, dotted: str) -> Any:
     return cfg
 
 
+def check_ranges(cfg: Any, prefix: str, rows: tuple[tuple[str, Bound, str], ...]) -> None:
+    """Check the settings of `rows` (field names of `cfg`) against their bounds; `prefix` names `cfg`."""
+    for key, bound, what in rows:
+        check_range(f"{prefix}.{key}", _setting(cfg, key), bound, what)
+
+
 def validate(cfg: RootConfig) -> None:
-    for dotted, allowed in KNOWN.items():
-        section, key = dotted.split(".")
-        value = getattr(getattr(cfg, section), key)
-        if value not in allowed:
-            raise UserError(f"{dotted}={value!r} is not one of {', '.join(allowed)}")
+    """The checks that need no registry (elastic_cli/checks.py adds the others)."""
     for dotted, bound, what in RANGES:
         check_range(dotted, _setting(cfg, dotted), bound, what)
-    from elastic_cli.methods.objectives import OBJECTIVES
-
+    check_ranges(cfg.method, "method", type(cfg.method).RANGES)
+    check_ranges(cfg.method.exit, "method.exit", type(cfg.method.exit).RANGES)
+    # a plug-in's own backbones (E-LANG's swift model) are checked as `backbone` is
+    for name, value in vars(cfg.method).items():
+        if isinstance(value, BackboneConfig) and value.tiny is not None:
+            check_ranges(value.tiny, f"method.{name}.tiny", TinyBackboneConfig.RANGES)
     stages = cfg.method.stages or [TrainStageConfig(objective=cfg.method.objective)]
     for index, stage in enumerate(stages):
-        if stage.objective not in OBJECTIVES:
-            raise UserError(f"objective {stage.objective!r} is not one of {', '.join(sorted(OBJECTIVES))}")
-        if stage.trainable not in ("all", "intermediate_heads"):
-            raise UserError(f"stage trainable={stage.trainable!r} is not one of all, intermediate_heads")
-        for key, bound, what in STAGE_RANGES:
-            check_range(f"method.stages[{index}].{key}", getattr(stage, key), bound, what)
+        check_ranges(stage, f"method.stages[{index}]", STAGE_RANGES)
     check_exit_layers(cfg.method.exit_layers)
     task = cfg.task
     if task.label_names and task.num_labels > 1 and len(task.label_names) != task.num_labels:
@@ -404,53 +356,15 @@ def validate(cfg: RootConfig) -> None:
             f"task.label_names={list(task.label_names)} has {len(task.label_names)} names but "
             f"task.num_labels={task.num_labels}: give one name per class"
         )
-    for backbone in ("backbone", "method.swift"):
-        tiny = _setting(cfg, f"{backbone}.tiny")
-        if isinstance(tiny, TinyBackboneConfig) and tiny.hidden_size % tiny.num_heads:
+    backbones = {"backbone": cfg.backbone}
+    backbones.update({f"method.{k}": v for k, v in vars(cfg.method).items() if isinstance(v, BackboneConfig)})
+    for where, backbone in backbones.items():
+        tiny = backbone.tiny
+        if tiny is not None and tiny.hidden_size % tiny.num_heads:
             raise UserError(
-                f"{backbone}.tiny.hidden_size={tiny.hidden_size} must be a multiple of "
-                f"{backbone}.tiny.num_heads={tiny.num_heads}"
+                f"{where}.tiny.hidden_size={tiny.hidden_size} must be a multiple of "
+                f"{where}.tiny.num_heads={tiny.num_heads}"
             )
-    _check_thresholds(cfg)
-
-
-def _check_thresholds(cfg: RootConfig) -> None:
-    """The threshold and every point of the sweep grid within the exit rule's range."""
-    from elastic_cli.exits import build_rule  # the registry of exit rules, each with its threshold range
-
-    exit_cfg = cfg.method.exit
-    rule = build_rule(exit_cfg)
-    t = exit_cfg.threshold
-    if t is not None:
-        problem = _threshold_problem(rule, t, cfg.task.num_labels)
-        if problem:
-            raise UserError(f"method.exit.threshold={t} {problem}")
-    grid = [item.strip() for item in str(exit_cfg.sweep).split(",")]
-    example = "method.exit.sweep=0.6,0.9" if rule.threshold_range[1] <= 1 else "method.exit.sweep=2,3,4"
-    try:
-        points = [float(item) for item in grid]
-    except ValueError:
-        points = []
-    if not points:
-        raise UserError(
-            f"method.exit.sweep={exit_cfg.sweep!r} must be thresholds separated by commas, e.g. {example}"
-        )
-    for point in points:
-        problem = _threshold_problem(rule, point, cfg.task.num_labels)
-        if problem:
-            raise UserError(f"method.exit.sweep={exit_cfg.sweep!r} holds {point:g}, which {problem}")
-
-
-def _threshold_problem(rule: ExitRule, t: float, num_labels: int) -> str | None:
-    """What is wrong with threshold `t` for `rule` (its bounds for this task's classes), or None."""
-    lo, hi, why = rule.threshold_bounds(num_labels)
-    # a bound written to 4 places (0.6931 for log 2) is within it
-    if not (math.isfinite(t) and lo <= t and (t <= hi or round(t, 4) <= round(hi, 4))):
-        note = f" ({why})" if why else ""
-        return f"is outside [{round(lo, 4)}, {round(hi, 4)}] for the {rule.name} rule{note}"
-    if rule.whole_thresholds and t != int(t):
-        return f"must be a whole number of {rule.whole_thresholds} (1, 2, ...) for the {rule.name} rule"
-    return None
 
 
 def check_exit_layers(spec: Any) -> None:

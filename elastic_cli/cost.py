@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-_ATTN_SCORE_OPS = 7  # scale, mask add, softmax as max, subtract, exp, sum, divide
+ATTN_SCORE_OPS = 7  # scale, mask add, softmax as max, subtract, exp, sum, divide
 _LAYERNORM_OPS = 7  # mean, centre, square, sum, normalise, scale, shift (per element)
 _GELU_OPS = 5  # x / sqrt(2), erf, + 1, x *, * 0.5 (per element)
 
@@ -58,40 +58,28 @@ class EncoderDims:
     intermediate: int
     heads: int
     num_labels: int
-    head_pooler: bool = True  # the exit head has a dense+tanh pooler (hidden x hidden) before its classifier
-    fastbert_width: int = 0  # > 0: FastBERT's student head of this width instead of pooler + classifier
-    fastbert_attention_heads: int = 2
+    # what one exit head costs; each head kind prices itself (elastic_cli/models/heads.py); None: a pooler
+    # and a classifier of width `hidden` (the `pooler` kind)
+    head: HeadCost | None = None
     lte: bool = False  # BERxiT's learning-to-exit module runs beside every head
     relative_span: int = 0  # DeBERTa: relative positions attended to (pos_ebd_size); 0 for the others
     relative_terms: int = 0  # DeBERTa: disentangled terms (c2p, p2c)
 
     @classmethod
-    def of(cls, adapter: Any, num_labels: int, head_pooler: bool = True) -> EncoderDims:
+    def of(cls, adapter: Any, num_labels: int) -> EncoderDims:
         """Read the dimensions from a backbone adapter (num_layers, hidden_size, intermediate_size, num_heads)."""
-        span, terms = _relative_attention(getattr(adapter, "hf_config", None))
+        # the adapter's relative-attention sizes (DeBERTa's); an object without that method has none
+        relative_attention = getattr(adapter, "relative_attention", None)
+        span, terms = relative_attention() if relative_attention is not None else (0, 0)
         return cls(
             num_layers=int(adapter.num_layers),
             hidden=int(adapter.hidden_size),
             intermediate=int(adapter.intermediate_size),
             heads=int(adapter.num_heads),
             num_labels=int(num_labels),
-            head_pooler=head_pooler,
             relative_span=span,
             relative_terms=terms,
         )
-
-
-def _relative_attention(config: Any) -> tuple[int, int]:
-    """DeBERTa-v2/v3's disentangled attention: (span of relative positions, number of terms)."""
-    if config is None or getattr(config, "model_type", "") != "deberta-v2" or not config.relative_attention:
-        return 0, 0
-    buckets = getattr(config, "position_buckets", -1)
-    max_relative = getattr(config, "max_relative_positions", -1)
-    if max_relative < 1:
-        max_relative = config.max_position_embeddings
-    span = buckets if buckets > 0 else max_relative
-    terms = sum(term in (config.pos_att_type or []) for term in ("c2p", "p2c"))
-    return int(span), int(terms)
 
 
 def _tokens(n_tokens: np.ndarray | float) -> np.ndarray:
@@ -114,7 +102,7 @@ def layer_elementwise_flops(n_tokens: np.ndarray, d: EncoderDims) -> np.ndarray:
     n = _tokens(n_tokens)
     h, f = d.hidden, d.intermediate
     per_token = (5 * h + f) + 2 * h + 2 * _LAYERNORM_OPS * h + _GELU_OPS * f
-    score_ops = _ATTN_SCORE_OPS + 2 * d.relative_terms  # DeBERTa scales and adds each disentangled term
+    score_ops = ATTN_SCORE_OPS + 2 * d.relative_terms  # DeBERTa scales and adds each disentangled term
     return float(score_ops * d.heads) * n * n + float(per_token) * n
 
 
@@ -128,24 +116,32 @@ def embedding_flops(n_tokens: np.ndarray, d: EncoderDims) -> np.ndarray:
     return float(2 * d.hidden + _LAYERNORM_OPS * d.hidden) * _tokens(n_tokens)
 
 
+@dataclass(frozen=True)
+class HeadCost:
+    """One exit head's FLOPs on one example, `fixed` + `per_token` x n (the FastBERT head attends over
+    the tokens), and the width of the pooled vector that BERxiT's LTE module reads."""
+
+    fixed: float
+    per_token: float = 0.0
+    pooled: int = 0
+
+
+def pooler_flops(hidden: int) -> float:
+    """Dense (hidden x hidden) + bias + tanh."""
+    return 2.0 * hidden * hidden + 2.0 * hidden
+
+
+def classifier_flops(width: int, num_labels: int) -> float:
+    """Linear(width -> num_labels) with bias."""
+    return (2.0 * width + 1.0) * num_labels
+
+
 def head_flops(d: EncoderDims, n_tokens: np.ndarray | float = 0.0) -> np.ndarray:
-    """One exit head on one example (at n tokens: the FastBERT head attends over them), with the LTE
-    module when there is one."""
-    h, c, w = d.hidden, d.num_labels, d.fastbert_width
-    n = _tokens(n_tokens)
-    if w > 0:
-        per_token = (
-            2.0 * h * w + 2.0 * w + 4.0 * w * w + 4.0 * w + _ATTN_SCORE_OPS * d.fastbert_attention_heads
-        )
-        fixed = 4.0 * w * w + 2.0 * w * w + 2.0 * w + (2.0 * w + 1.0) * c
-        pooled = w
-        flops = per_token * n + fixed
-    else:
-        pooler = 2.0 * h * h + 2.0 * h if d.head_pooler else 0.0
-        pooled = h
-        flops = np.zeros_like(n) + pooler + (2.0 * h + 1.0) * c
+    """One exit head on one example (at n tokens), with the LTE module when there is one."""
+    head = d.head or HeadCost(pooler_flops(d.hidden) + classifier_flops(d.hidden, d.num_labels), 0.0, d.hidden)
+    flops: np.ndarray = head.per_token * _tokens(n_tokens) + head.fixed
     if d.lte:
-        flops = flops + 2.0 * pooled + 1.0
+        flops = flops + 2.0 * head.pooled + 1.0
     return flops
 
 

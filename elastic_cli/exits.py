@@ -8,70 +8,78 @@ rule. Every rule also accepts a tensor of thresholds shaped [T, 1, 1] and return
 threshold curve in one call): write rules with negative dims (dim=-1 is exits once the class dim is
 reduced) so the extra leading dim broadcasts.
 
-Each rule is a class registered in RULES; its config schema (conf/method/exit/<name>.yaml) is the
-dataclass named in `schema`, in elastic_cli/config.py.
+Each rule is a class registered in RULES with its config schema (`@RULES.register(name, schema=...)`): the
+dataclass of its extra settings, beside it here, which conf/method/exit/<name>.yaml names in its defaults.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, ClassVar, TypeVar
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import torch
 
-from elastic_cli.config import ElbertExitConfig, EnergyExitConfig, ExitRuleConfig, PatienceExitConfig
+from elastic_cli.config import FRACTION, POSITIVE, Bound, ExitRuleConfig, at_least
 from elastic_cli.errors import UserError
+from elastic_cli.registry import Registry, as_schema
+from elastic_cli.signals import ExitSignals
+
+C = TypeVar("C", bound="ExitRuleConfig")
+
+__all__ = ["RULES", "ExitRule", "ExitSignals", "build_rule", "decisions", "first_exit", "simulate"]
 
 
 @dataclass
-class ExitSignals:
-    """What the exits of a batch produced."""
+class PatienceExitConfig(ExitRuleConfig):
+    """PABEE / ElasticBERT patience: exit once `threshold` consecutive exits agree."""
 
-    logits: torch.Tensor  # [N, E, C]; C = 1 for regression
-    lte: torch.Tensor | None = None  # [N, E] learned-to-exit score (BERxiT): predicted need to continue
+    name: str = "patience"
+    # regression: consecutive outputs "agree" when they differ by less than this (PABEE: 0.1 for STS-B)
+    regression_threshold: float = 0.1
 
-    @property
-    def num_exits(self) -> int:
-        return int(self.logits.shape[1])
-
-    def rows(self, index: torch.Tensor) -> ExitSignals:
-        return ExitSignals(self.logits[index], None if self.lte is None else self.lte[index])
-
-    def upto(self, k: int) -> ExitSignals:
-        """The first k exits."""
-        return ExitSignals(self.logits[:, :k], None if self.lte is None else self.lte[:, :k])
-
-    def scaled(self, temperatures: torch.Tensor | None) -> ExitSignals:
-        """Per-exit temperature scaling of the logits, z_e / T_e (`temperatures` has one entry per exit)."""
-        if temperatures is None or self.logits.shape[-1] == 1:  # regression outputs are not probabilities
-            return self
-        t = temperatures[: self.num_exits].to(self.logits.dtype).to(self.logits.device)
-        return replace(self, logits=self.logits / t.view(1, -1, 1))
-
-    def append(self, logits: torch.Tensor, lte: torch.Tensor | None) -> ExitSignals:
-        """Add one exit's outputs ([N, C] and [N]) after the last."""
-        new_lte = None
-        if lte is not None:
-            new_lte = lte.unsqueeze(1) if self.lte is None else torch.cat([self.lte, lte.unsqueeze(1)], 1)
-        return ExitSignals(torch.cat([self.logits, logits.unsqueeze(1)], 1), new_lte)
-
-    @staticmethod
-    def first(logits: torch.Tensor, lte: torch.Tensor | None) -> ExitSignals:
-        return ExitSignals(logits.unsqueeze(1), None if lte is None else lte.unsqueeze(1))
-
-    def float(self) -> ExitSignals:
-        return ExitSignals(self.logits.float(), None if self.lte is None else self.lte.float())
-
-
-class ExitRule:
-    """Base of the registered rules: a rule instance holds its config (extra parameters such as a
-    patience rule's regression threshold); the swept threshold is passed to `decide`."""
-
-    name: ClassVar[str] = ""
-    schema: ClassVar[type[ExitRuleConfig]] = (
-        ExitRuleConfig  # its config dataclass (conf/method/exit/<name>.yaml)
+    RANGES: ClassVar[tuple[tuple[str, Bound, str], ...]] = (
+        ("regression_threshold", POSITIVE, "the change below which regression exits agree"),
     )
+
+
+@dataclass
+class ElbertExitConfig(ExitRuleConfig):
+    """ELBERT: normalised entropy below `threshold`, else a confidence-window rule over `window` exits."""
+
+    name: str = "elbert"
+    mode: str = "bias_1"  # bias_1 | bias_2 | bias_3 | entropy (stage 1 only)
+    window: int = 8  # ELBERT's cnt_thres
+    margin: float = 0.0
+    range: float = 0.1  # bias_3: the window's max - min of the predicted class's probability
+
+    RANGES: ClassVar[tuple[tuple[str, Bound, str], ...]] = (
+        ("window", at_least(1), "the exits in ELBERT's window"),
+        ("margin", FRACTION, "ELBERT's margin above 1/C"),
+        ("range", POSITIVE, "ELBERT's bias_3 spread"),
+    )
+
+
+@dataclass
+class EnergyExitConfig(ExitRuleConfig):
+    """E-LANG's energy router: leave at a model when s = T logsumexp(z / T) >= threshold, else go on."""
+
+    name: str = "energy"
+    temperature: float = 1.0  # T (E-LANG's README default)
+    sweep: str = "0,1,2,3,4,5,6"
+
+    RANGES: ClassVar[tuple[tuple[str, Bound, str], ...]] = (
+        ("temperature", POSITIVE, "the energy rule's temperature T"),
+    )
+
+
+class ExitRule(Generic[C]):
+    """Base of the registered rules: a rule instance holds its config (extra parameters such as a
+    patience rule's regression threshold), typed as its own schema; the swept threshold is passed to
+    `decide`."""
+
+    name: ClassVar[str] = ""  # set by RULES.register
+    schema: ClassVar[type[ExitRuleConfig]] = ExitRuleConfig  # its config dataclass, set by RULES.register
     threshold_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
     larger_is_slower: ClassVar[bool] = True  # a larger threshold makes examples exit later
     regression: ClassVar[bool] = False  # applies to one-output (regression) exits
@@ -84,7 +92,9 @@ class ExitRule:
     whole_thresholds: ClassVar[str] = ""
 
     def __init__(self, cfg: ExitRuleConfig) -> None:
-        self.cfg = cfg
+        # a plain ExitRuleConfig (a rule named in code or on the command line without its YAML) gets the
+        # schema's defaults for the rule's extra settings
+        self.cfg: C = cast(C, as_schema(cfg, self.schema))
 
     def threshold_bounds(self, num_classes: int) -> tuple[float, float, str]:
         """The thresholds that mean something with `num_classes` classes, and why the upper bound is what
@@ -104,16 +114,9 @@ class ExitRule:
         raise NotImplementedError
 
 
-RULES: dict[str, type[ExitRule]] = {}
-
-
-def register(cls: type[ExitRule]) -> type[ExitRule]:
-    RULES[cls.name] = cls
-    return cls
-
-
+RULES: Registry[ExitRule[Any]] = Registry("exit rule", "method.exit.name", group="exit")
+# (a rule without extra settings has none of its own: its YAML names config.py's schema/exit/base)
 _NO_LTE = "the {name} exit rule reads the learned-to-exit module: set method.lte=true and train"
-_Cfg = TypeVar("_Cfg", bound=ExitRuleConfig)
 
 
 def _threshold(threshold: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
@@ -130,11 +133,10 @@ def _quantiles_and_above(scores: torch.Tensor, size: int) -> torch.Tensor:
     return torch.unique(torch.cat([q, top.view(1)]))
 
 
-@register
-class MaxProb(ExitRule):
+@RULES.register("maxprob")
+class MaxProb(ExitRule[ExitRuleConfig]):
     """SWEET / Sledgehammer: exit at the first exit whose top softmax probability reaches tau."""
 
-    name = "maxprob"
     temperature_scaling = True
 
     def grid(
@@ -170,21 +172,12 @@ def _streak(agree: torch.Tensor) -> torch.Tensor:
     return index - last_break
 
 
-def _settings(cfg: ExitRuleConfig, schema: type[_Cfg]) -> _Cfg:
-    """The rule's own config; a plain ExitRuleConfig (a rule named in code or on the command line without its
-    YAML) gets the schema's defaults for the rule's extra parameters."""
-    if isinstance(cfg, schema):
-        return cfg
-    return schema(**{f.name: getattr(cfg, f.name) for f in fields(ExitRuleConfig)})
-
-
-@register
-class Entropy(ExitRule):
+@RULES.register("entropy")
+class Entropy(ExitRule[ExitRuleConfig]):
     """DeeBERT / ElasticBERT: exit when the entropy of the exit's softmax, in nats, is below S (strict <).
 
     Unnormalised, so its scale depends on C: the grid spans [0, log C]. A larger S exits earlier."""
 
-    name = "entropy"
     threshold_range = (0.0, 20.0)
     larger_is_slower = False
 
@@ -203,11 +196,10 @@ class Entropy(ExitRule):
         return entropy < _threshold(threshold, entropy)
 
 
-@register
-class NormalisedEntropy(ExitRule):
+@RULES.register("norm_entropy")
+class NormalisedEntropy(ExitRule[ExitRuleConfig]):
     """FastBERT's `speed`: exit when H / log C is below S in [0, 1] (strict <). A larger S exits earlier."""
 
-    name = "norm_entropy"
     threshold_range = (0.0, 1.0)
     larger_is_slower = False
 
@@ -216,25 +208,22 @@ class NormalisedEntropy(ExitRule):
         return uncertainty < _threshold(threshold, uncertainty)
 
 
-@register
-class Patience(ExitRule):
+@RULES.register("patience", schema=PatienceExitConfig)
+class Patience(ExitRule[PatienceExitConfig]):
     """PABEE / ElasticBERT patience: a counter, 0 at the first exit, +1 when an exit's argmax equals the previous
     exit's, reset to 0 otherwise; exit at the first exit whose counter reaches t. With t the earliest exit is
     index t (PABEE's `patient_counter == patience`). Regression (one output): consecutive outputs agree when
     they differ by less than `regression_threshold`. Per example, where PABEE decides for the whole batch."""
 
-    name = "patience"
-    schema = PatienceExitConfig
     threshold_range = (1.0, 1000.0)
     regression = True
     whole_thresholds = "agreeing exits"
 
     def __init__(self, cfg: ExitRuleConfig) -> None:
         super().__init__(cfg)
-        settings = _settings(cfg, PatienceExitConfig)
-        if settings.regression_threshold < 0:
-            raise UserError(f"method.exit.regression_threshold={settings.regression_threshold} must be >= 0")
-        self.regression_threshold = settings.regression_threshold
+        if self.cfg.regression_threshold < 0:
+            raise UserError(f"method.exit.regression_threshold={self.cfg.regression_threshold} must be >= 0")
+        self.regression_threshold = self.cfg.regression_threshold
 
     def grid(
         self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
@@ -256,8 +245,8 @@ class Patience(ExitRule):
 ELBERT_MODES = ("bias_1", "bias_2", "bias_3", "entropy")
 
 
-@register
-class Elbert(ExitRule):
+@RULES.register("elbert", schema=ElbertExitConfig)
+class Elbert(ExitRule[ElbertExitConfig]):
     """ELBERT (METHODS.md section 2): exit when the normalised entropy H / log C is below the threshold
     (stage 1); otherwise (stage 2) when the last N = `window` exits pass the `mode` test below. Stage 2 never
     fires before N exits have been seen; mode `entropy` is stage 1 alone.
@@ -280,14 +269,12 @@ class Elbert(ExitRule):
     differently.) Stage 1 is ELBERT's batch-mean entropy test applied to each example, as at batch 1.
     """
 
-    name = "elbert"
-    schema = ElbertExitConfig
     threshold_range = (0.0, 1.0)
     larger_is_slower = False
 
     def __init__(self, cfg: ExitRuleConfig) -> None:
         super().__init__(cfg)
-        settings = _settings(cfg, ElbertExitConfig)
+        settings = self.cfg
         if settings.mode not in ELBERT_MODES:
             raise UserError(f"method.exit.mode={settings.mode!r} is not one of {', '.join(ELBERT_MODES)}")
         if settings.window < 1:
@@ -327,12 +314,11 @@ class Elbert(ExitRule):
         return fired
 
 
-@register
-class LearnedToExit(ExitRule):
+@RULES.register("lte")
+class LearnedToExit(ExitRule[ExitRuleConfig]):
     """BERxiT's learning-to-exit: exit when the LTE module's predicted need to continue, u in [0, 1], is below
     the threshold (BERxiT's default 0.005). It reads no probabilities, so it serves regression too."""
 
-    name = "lte"
     threshold_range = (0.0, 1.0)
     larger_is_slower = False
     regression = True
@@ -359,20 +345,18 @@ class LearnedToExit(ExitRule):
         return signals.lte < _threshold(threshold, signals.lte)
 
 
-@register
-class Energy(ExitRule):
+@RULES.register("energy", schema=EnergyExitConfig)
+class Energy(ExitRule[EnergyExitConfig]):
     """E-LANG's router (METHODS.md section 1): the negative free energy s = T logsumexp(z / T) of a model's
     logits; the example stays with that model when s >= threshold and goes on to the next (the super model)
     when s < threshold. High s means confident, in-distribution logits. Its scale is the logits' (E-LANG's
     TinyBERT on SST-2: t = 1.31), so calibration places its grid on the quantiles of s."""
 
-    name = "energy"
-    schema = EnergyExitConfig
     threshold_range = (-1e6, 1e6)
 
     def __init__(self, cfg: ExitRuleConfig) -> None:
         super().__init__(cfg)
-        settings = _settings(cfg, EnergyExitConfig)
+        settings = self.cfg
         if not settings.temperature > 0:
             raise UserError(f"method.exit.temperature={settings.temperature} must be > 0")
         self.temperature = float(settings.temperature)
@@ -403,9 +387,7 @@ def rule_settings(cfg: ExitRuleConfig) -> dict[str, Any]:
 
 
 def build_rule(cfg: ExitRuleConfig) -> ExitRule:
-    if cfg.name not in RULES:
-        raise UserError(f"method.exit.name={cfg.name!r} is not one of {', '.join(sorted(RULES))}")
-    return RULES[cfg.name](cfg)
+    return RULES.get(cfg.name)(cfg)
 
 
 def check_applicable(rule: ExitRule, num_labels: int, has_lte: bool, num_exits: int | None = None) -> None:

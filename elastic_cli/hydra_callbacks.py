@@ -3,8 +3,8 @@
 `on_multirun_start` opens the parent run with an MlflowClient (never as the "active run": with the basic
 launcher the jobs run in this same process and start their own runs) and writes its id into the sweep
 folder, where every job's `tracking.stage_run` finds it and becomes a child. `on_multirun_end` logs the
-children's summary table, the accuracy / FLOPs speed-up Pareto figure and the best numbers, and ends the
-parent. Jobs can run in other processes (joblib, SLURM): the run id file and the tag
+children's summary table, the task metric / FLOPs speed-up Pareto figure and the best numbers, and ends
+the parent. Jobs can run in other processes (joblib, SLURM): the run id file and the tag
 mlflow.parentRunId are the only links. Hydra instantiates this class at every start, single runs too:
 nothing heavy is imported until a multirun starts.
 
@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 SWEEP_KEYS_TAG = "elastic.sweep_keys"
 # per-layer series (step = layer): their "latest" value is the last layer's count, not a run summary
 SERIES_SUFFIXES = ("exit_count",)
+# the Pareto figure's axes: the FLOPs speed-up, and the children's task metric (`headline_metric`;
+# accuracy when no child says which)
 X_METRIC, Y_METRIC = "flops_speedup", "accuracy"
 
 _interrupted = False  # set by the CLI when Ctrl-C or SIGTERM stops the process
@@ -192,6 +194,38 @@ def swept_keys(overrides: list[str]) -> list[str]:
 # --- closing the parent --------------------------------------------------------------------------------
 
 
+@dataclass
+class SweepSummary:
+    """What the parent run records of its children: `table` (one row per child), the param columns that
+    tell the points apart, the metric they are ranked by (the task's), the parent's metrics, the best
+    child and the Pareto points."""
+
+    table: pd.DataFrame
+    label_cols: list[str]
+    metric: str  # the children's task metric: accuracy, f1, matthews, pearson, or task_metric
+    numbers: dict[str, float]  # the parent's metrics: children, failed_children, best_<metric>, ...
+    best_run_id: str | None  # the finished child with the best task metric
+    points: pd.DataFrame | None  # the finished children with both axes, labelled
+
+    @property
+    def best_run_tag(self) -> str:
+        return f"elastic.best_{self.metric}_run_id"
+
+
+def summarize(children: list[Any], sweep_keys: list[str]) -> SweepSummary:
+    """The summary of a sweep's child runs (see `summary_table`), ranked by their task's metric."""
+    table, label_cols = summary_table(children, sweep_keys)
+    metric = headline_metric(children)
+    failed = int((table["status"] != "FINISHED").sum()) if len(table) else 0
+    numbers = {"children": float(len(table)), "failed_children": float(failed)}
+    best, points = None, None
+    if len(table):
+        numbers.update(best_numbers(table, metric))
+        best = best_run(table, metric)
+        points = pareto_points(table, label_cols, metric)
+    return SweepSummary(table, label_cols, metric, numbers, best, points)
+
+
 def finish_sweep_parent(
     parent: SweepParent, force_failed: bool = False, killed: bool = False
 ) -> pd.DataFrame:
@@ -207,30 +241,48 @@ def finish_sweep_parent(
     parent_run = with_retry(client.get_run, parent.run_id)
     children = with_retry(child_runs, client, parent.run_id)
     keys = [k for k in parent_run.data.tags.get(SWEEP_KEYS_TAG, "").split(",") if k]
-    summary, label_cols = summary_table(children, keys)
-    failed = int((summary["status"] != "FINISHED").sum()) if len(summary) else 0
-    metrics = {"children": float(len(summary)), "failed_children": float(failed)}
+    sweep = summarize(children, keys)
+    summary = sweep.table
     if len(summary):
         client.log_text(parent.run_id, summary.to_csv(index=False), "summary.csv")
         client.log_table(parent.run_id, data=summary, artifact_file="summary.json")
-        metrics.update(best_numbers(summary))
-        if best := best_accuracy_run(summary):
-            client.set_tag(parent.run_id, "elastic.best_accuracy_run_id", best)
-        points = pareto_points(summary, label_cols)
-        if points is not None:
+        if sweep.best_run_id:
+            client.set_tag(parent.run_id, sweep.best_run_tag, sweep.best_run_id)
+        if sweep.points is not None:
             stage = parent_run.data.tags.get("elastic.stage", "")
             task = parent_run.data.tags.get("elastic.task", "")
-            title = f"{task} {stage}: {Y_METRIC} vs {X_METRIC}".strip()
-            if label_cols:
-                title += f"  (points: {', '.join(label_cols)})"
+            title = f"{task} {stage}: {sweep.metric} vs {X_METRIC}".strip()
+            if sweep.label_cols:
+                title += f"  (points: {', '.join(sweep.label_cols)})"
             client.log_figure(
-                parent.run_id, pareto_figure(points, X_METRIC, Y_METRIC, "label", title), "pareto.png"
+                parent.run_id,
+                pareto_figure(sweep.points, X_METRIC, sweep.metric, "label", title),
+                "pareto.png",
             )
-    with_retry(client.log_batch, parent.run_id, metrics=_metric_entities(metrics))
+    with_retry(client.log_batch, parent.run_id, metrics=_metric_entities(sweep.numbers))
+    failed = sweep.numbers["failed_children"]
     ok = not force_failed and not killed and len(summary) > 0 and failed == 0
     status = "KILLED" if killed else "FINISHED" if ok else "FAILED"
     with_retry(client.set_terminated, parent.run_id, status=status)
     return summary
+
+
+def headline_metric(children: list[Any]) -> str:
+    """The metric a sweep's children are ranked by: their task's headline metric (metrics.main_metric of
+    the param task.metric every stage run logs: accuracy, f1, matthews, or pearson for a regression);
+    task_metric, which evaluate logs for every task, when the children's tasks differ in it; accuracy
+    when none says."""
+    from elastic_cli.metrics import main_metric
+
+    names = {run.data.params.get("task.metric") for run in children} - {None}
+    if len(names) > 1:
+        return "task_metric"
+    if not names:
+        return Y_METRIC
+    try:
+        return main_metric(names.pop())
+    except UserError:  # a task.metric this elastic does not know: the generic name evaluate logs too
+        return "task_metric"
 
 
 def child_runs(client: MlflowClient, parent_id: str) -> list[Any]:
@@ -313,35 +365,40 @@ def summary_table(children: list[Any], sweep_keys: list[str]) -> tuple[pd.DataFr
     return table, (declared or varying)
 
 
-def best_numbers(summary: pd.DataFrame) -> dict[str, float]:
-    """The most accurate finished child and the fastest one, each with the other axis beside it."""
+def best_numbers(summary: pd.DataFrame, metric: str = Y_METRIC) -> dict[str, float]:
+    """The finished child best in `metric` (the task's) and the fastest one, each with the other axis
+    beside it: best_<metric>, best_<metric>_flops_speedup, max_flops_speedup, max_flops_speedup_<metric>."""
     done = summary[summary["status"] == "FINISHED"]
     numbers: dict[str, float] = {}
-    for metric, name, other, other_name in (
-        (Y_METRIC, "best_accuracy", X_METRIC, "best_accuracy_flops_speedup"),
-        (X_METRIC, "max_flops_speedup", Y_METRIC, "max_flops_speedup_accuracy"),
+    for y, name, other, other_name in (
+        (metric, f"best_{metric}", X_METRIC, f"best_{metric}_{X_METRIC}"),
+        (X_METRIC, f"max_{X_METRIC}", metric, f"max_{X_METRIC}_{metric}"),
     ):
-        if metric not in done or done[metric].isna().all():
+        if y not in done or done[y].isna().all():
             continue
-        top = done.loc[done[metric].idxmax()]
-        numbers[name] = float(top[metric])
+        top = done.loc[done[y].idxmax()]
+        numbers[name] = float(top[y])
         if other in done and _finite(top[other]):
             numbers[other_name] = float(top[other])
     return numbers
 
 
-def best_accuracy_run(summary: pd.DataFrame) -> str | None:
+def best_run(summary: pd.DataFrame, metric: str = Y_METRIC) -> str | None:
+    """The run id of the finished child best in `metric`, None when no child has it."""
     done = summary[summary["status"] == "FINISHED"]
-    if Y_METRIC not in done or done[Y_METRIC].isna().all():
+    if metric not in done or done[metric].isna().all():
         return None
-    return str(done.loc[done[Y_METRIC].idxmax(), "run_id"])
+    return str(done.loc[done[metric].idxmax(), "run_id"])
 
 
-def pareto_points(summary: pd.DataFrame, label_cols: list[str]) -> pd.DataFrame | None:
-    """The finished children with both axes, labelled by their swept values; None if there are none."""
-    if X_METRIC not in summary or Y_METRIC not in summary:
+def pareto_points(
+    summary: pd.DataFrame, label_cols: list[str], metric: str = Y_METRIC
+) -> pd.DataFrame | None:
+    """The finished children with both axes (FLOPs speed-up and `metric`), labelled by their swept
+    values; None if there are none."""
+    if X_METRIC not in summary or metric not in summary:
         return None
-    points = summary[summary["status"] == "FINISHED"].dropna(subset=[X_METRIC, Y_METRIC]).copy()
+    points = summary[summary["status"] == "FINISHED"].dropna(subset=[X_METRIC, metric]).copy()
     if points.empty:
         return None
 

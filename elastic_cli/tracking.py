@@ -353,10 +353,10 @@ def plain_config(raw: DictConfig) -> dict[str, Any]:
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        container = OmegaConf.to_container(raw, resolve=True)
+        container = OmegaConf.to_container(raw, resolve=True, enum_to_str=True)
     except OmegaConfBaseException:
         # e.g. a ${hydra:...} interpolation read outside a Hydra app: keep it as written
-        container = OmegaConf.to_container(raw, resolve=False)
+        container = OmegaConf.to_container(raw, resolve=False, enum_to_str=True)
     assert isinstance(container, dict)
     return {str(k): v for k, v in container.items() if k != "hydra"}
 

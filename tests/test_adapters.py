@@ -240,3 +240,170 @@ def test_adaptive_path_equals_the_rule_on_cached_logits(kind: str, attn: str) ->
         torch.testing.assert_close(out.logits, expected_logits, atol=1e-4, rtol=1e-4)
         seen_exits |= set(expected_exit.tolist())
     assert len(seen_exits) >= 3  # early and late exits both happen, so compaction really ran
+
+
+# ---------------------------------------------------------------- drop_tokens (token dropping between layers)
+
+
+def with_mask(adapter: BackboneAdapter, state: EncoderState, attention_mask: torch.Tensor) -> EncoderState:
+    """`state` with another padding mask (and its 4D mask): tokens masked out, positions untouched."""
+    extras = {**state.extras, "mask": adapter.attention_mask_4d(state.hidden, attention_mask)}
+    return EncoderState(state.hidden, attention_mask, extras)
+
+
+def run_from(adapter: BackboneAdapter, first: int, state: EncoderState) -> list[EncoderState]:
+    """The states after layers `first`, `first + 1`, ... of the adapter."""
+    states = []
+    for i in range(first, adapter.num_layers):
+        state = adapter.layer(i, state)
+        states.append(state)
+    return states
+
+
+def test_drop_tokens_packs_the_kept_tokens_left_in_their_order() -> None:
+    adapter = make_adapter("bert", tiny_hf_model("bert", num_layers=1))
+    hidden = torch.arange(1.0, 5.0).view(1, 4, 1).expand(2, 4, 3).contiguous()  # token j holds j + 1
+    state = EncoderState(hidden, torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]), {})
+    keep = torch.tensor([[True, False, True, True], [False, True, False, True]])  # row 1 keeps a pad
+
+    dropped = adapter.drop_tokens(state, keep)
+    assert dropped.hidden[:, :, 0].tolist() == [[1.0, 3.0, 4.0], [2.0, 4.0, 0.0]]
+    assert dropped.attention_mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert dropped.attention_mask.dtype == state.attention_mask.dtype
+    with pytest.raises(ValueError, match="keep_mask has shape"):
+        adapter.drop_tokens(state, keep[:, :3])
+
+
+@pytest.mark.parametrize(("kind", "attn"), CASES)
+@torch.no_grad()
+def test_keeping_every_token_changes_nothing(kind: str, attn: str) -> None:
+    model = tiny_hf_model(kind, attn)
+    adapter = make_adapter(FAMILY_OF_KIND[kind], model)
+    input_ids, attention_mask = padded_batch(LENGTHS, pad_id_of(model))
+    state = adapter.embed(input_ids, attention_mask, segment_ids(model, attention_mask))
+
+    dropped = adapter.drop_tokens(state, torch.ones_like(attention_mask, dtype=torch.bool))
+    assert torch.equal(dropped.attention_mask, state.attention_mask)
+    for ours, theirs in zip(run_from(adapter, 0, dropped), run_from(adapter, 0, state), strict=True):
+        torch.testing.assert_close(ours.hidden, theirs.hidden, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(("kind", "attn"), CASES)
+@torch.no_grad()
+def test_dropping_the_padding_leaves_the_real_tokens_outputs(kind: str, attn: str) -> None:
+    # left-padded rows: dropping the padding moves every real token of a short row to the left, so the
+    # layers after it see the tokens at other columns than the undropped run (at their original positions)
+    model = tiny_hf_model(kind, attn)
+    adapter = make_adapter(FAMILY_OF_KIND[kind], model)
+    input_ids, attention_mask = padded_batch(LENGTHS, pad_id_of(model))
+    input_ids, attention_mask = input_ids.flip(1), attention_mask.flip(1)
+    state = adapter.embed(input_ids, attention_mask, segment_ids(model, attention_mask))
+
+    dropped = adapter.drop_tokens(state, attention_mask.bool())
+    assert dropped.hidden.shape[1] == max(LENGTHS)
+    packed = dropped.attention_mask.bool()
+    assert packed.sum(dim=1).tolist() == LENGTHS and torch.equal(
+        packed.long(), packed.long().cummin(dim=1).values
+    )
+    real = attention_mask.bool()
+    layers = zip(run_from(adapter, 0, dropped), run_from(adapter, 0, state), strict=True)
+    for layer, (ours, theirs) in enumerate(layers):
+        torch.testing.assert_close(
+            ours.hidden[packed], theirs.hidden[real], atol=1e-5, rtol=0, msg=f"layer {layer}"
+        )
+
+
+# MPNet and DeBERTa carry positions outside the hidden states (a position bias, relative positions)
+RELATIVE_KINDS = ["mpnet", "deberta", "deberta-v2"]
+
+
+def make_positions_matter(model):
+    """`model` with larger position terms: at random init (std 0.02) attention is so flat that moving a
+    token changes the outputs by less than the tolerance of the checks."""
+    encoder = model.encoder
+    if hasattr(encoder, "relative_attention_bias"):  # MPNet
+        encoder.relative_attention_bias.weight.mul_(50.0)
+        return model
+    encoder.rel_embeddings.weight.mul_(50.0)  # DeBERTa-v2 (the v3-like tiny model layer-norms them)
+    for layer in encoder.layer:
+        attention = layer.attention.self
+        for name in ("query_proj", "key_proj", "pos_key_proj", "pos_query_proj"):
+            if hasattr(attention, name):
+                getattr(attention, name).weight.mul_(8.0)
+    return model
+
+
+def fresh_positions(adapter: BackboneAdapter, state: EncoderState) -> EncoderState:
+    """`state` with its relative positions computed anew from its columns: what losing the original
+    positions would give."""
+    encoder = adapter.model.encoder
+    name, fresh = (
+        ("position_bias", encoder.compute_position_bias(state.hidden))
+        if "position_bias" in state.extras
+        else ("relative_pos", encoder.get_rel_pos(state.hidden))
+    )
+    return EncoderState(state.hidden, state.attention_mask, {**state.extras, name: fresh})
+
+
+@pytest.mark.parametrize("kind", RELATIVE_KINDS)
+@torch.no_grad()
+def test_dropped_tokens_keep_their_original_positions(kind: str) -> None:
+    # Dropping token j of a row must give the other tokens of that row exactly the outputs they get when
+    # j stays in place, masked out by the attention mask: every token then still sits at its original
+    # position, so its relative distances to the others are the original ones. Each row drops another
+    # token (row 2 none), so the rows' relative positions differ; the last check shows the test would see
+    # positions recomputed from the packed columns.
+    model = make_positions_matter(tiny_hf_model(kind, "eager", num_layers=4))
+    adapter = make_adapter("deberta" if kind.startswith("deberta") else kind, model)
+    input_ids, attention_mask = padded_batch([10, 8, 10, 9], pad_id_of(model))
+    # after layer 0: DeBERTa-v2's convolution in layer 0 reads neighbouring tokens
+    state = adapter.layer(0, adapter.embed(input_ids, attention_mask))
+    keep = attention_mask.bool().clone()
+    keep[0, 3] = keep[1, 1] = keep[3, 5] = False
+
+    dropped = adapter.drop_tokens(state, keep)
+    assert dropped.hidden.shape[1] == 10 and dropped.attention_mask.sum(dim=1).tolist() == [9, 7, 10, 8]
+    masked = with_mask(adapter, state, keep.long())
+    reference = run_from(adapter, 1, masked)
+    for layer, (ours, theirs) in enumerate(zip(run_from(adapter, 1, dropped), reference, strict=True)):
+        torch.testing.assert_close(
+            ours.hidden[dropped.attention_mask.bool()],
+            theirs.hidden[keep],
+            atol=1e-5,
+            rtol=0,
+            msg=f"layer {layer + 1}",
+        )
+
+    # select after drop_tokens: the kept rows keep their own relative positions
+    rows = torch.tensor([3, 1])
+    selected = run_from(adapter, 1, adapter.select(dropped, rows))[-1]
+    real = selected.attention_mask.bool()
+    assert real.sum(dim=1).tolist() == [8, 7] and selected.hidden.shape[1] == 8
+    torch.testing.assert_close(
+        selected.hidden[real], reference[-1].hidden[rows][keep[rows]], atol=1e-5, rtol=0
+    )
+
+    # control: the packed tokens at fresh (packed) positions do not give the reference outputs
+    lost = run_from(adapter, 1, fresh_positions(adapter, dropped))[-1]
+    difference = (lost.hidden[dropped.attention_mask.bool()] - reference[-1].hidden[keep]).abs().max()
+    assert difference > 1e-3  # a hundred times the tolerance above
+
+
+@pytest.mark.parametrize("kind", RELATIVE_KINDS)
+@torch.no_grad()
+def test_per_example_positions_of_one_row_are_those_of_the_full_sequence(kind: str) -> None:
+    model = tiny_hf_model(kind, "eager", num_layers=2)
+    adapter = make_adapter("deberta" if kind.startswith("deberta") else kind, model)
+    input_ids, attention_mask = padded_batch([7, 7], pad_id_of(model))
+    state = adapter.embed(input_ids, attention_mask)
+    keep = torch.tensor([[1, 0, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 1, 0]], dtype=torch.bool)
+    dropped = adapter.drop_tokens(state, keep)
+    name = "position_bias" if "position_bias" in state.extras else "relative_pos"
+    full, packed = state.extras[name], dropped.extras[name]
+    assert full is not None and packed is not None
+    full = full.expand(2, *full.shape[1:])
+    for row in range(2):
+        kept = keep[row].nonzero().squeeze(1)
+        width = len(kept)
+        expected = full[row][..., kept, :][..., kept]
+        torch.testing.assert_close(packed[row][..., :width, :width], expected, atol=0, rtol=0)

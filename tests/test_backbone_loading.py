@@ -14,10 +14,12 @@ from safetensors.torch import save_file
 from tiny_models import SAMPLE_TEXTS, padded_batch, tiny_backbone_config
 from transformers import AlbertModel, BertConfig, BertModel
 
-from elastic_cli.config import BackboneConfig, register_configs, to_root
+from elastic_cli.checks import to_root
+from elastic_cli.config import BackboneConfig
 from elastic_cli.errors import UserError
 from elastic_cli.models.adapters import BackboneAdapter
 from elastic_cli.models.loading import backbone_from_folder, build_backbone, save_backbone_files
+from elastic_cli.plugins import register_configs
 
 
 @torch.no_grad()

@@ -15,8 +15,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from elastic_cli.checks import to_root
 from elastic_cli.cli import _exit_group_shorthand, _user_errors, fail
-from elastic_cli.config import RANGES, RootConfig, register_configs, to_root
+from elastic_cli.config import RANGES, RootConfig
+from elastic_cli.plugins import register_configs
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 

@@ -1,12 +1,14 @@
+import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from elastic_cli import exits
+from elastic_cli import checkpoint, exits
 from elastic_cli.calibration import (
     choose_threshold,
     exit_indices,
@@ -14,10 +16,10 @@ from elastic_cli.calibration import (
     fit_temperatures,
     threshold_curve,
 )
-from elastic_cli.config import ExitRuleConfig, PatienceExitConfig
+from elastic_cli.config import ExitRuleConfig
 from elastic_cli.cost import EncoderDims, speedups
 from elastic_cli.errors import UserError
-from elastic_cli.exits import ExitSignals, simulate
+from elastic_cli.exits import ExitSignals, PatienceExitConfig, simulate
 from elastic_cli.metrics import pearson
 
 MAXPROB = exits.build_rule(ExitRuleConfig(name="maxprob"))
@@ -236,3 +238,141 @@ def test_score_column_chooses_on_another_metric():
     assert row["threshold"] == 0.7 and row["target_met"] is True
     with pytest.raises(KeyError):
         choose_threshold(curve, "accuracy_within", reference_accuracy=0.90)  # the default reads `accuracy`
+
+
+# ---------------------------------------------------------------- calibration.json
+
+# calibration.json as `elastic calibrate` wrote it before the file had a version
+WRITTEN_WITHOUT_VERSION = {
+    "rule": "maxprob",
+    "rule_settings": {"name": "maxprob"},
+    "threshold": 0.9,
+    "temperatures": [1.25, 0.75],
+    "exit_layers": [1, 2],
+    "exits": ["L1", "L2"],
+    "target": "accuracy_within",
+    "tolerance": 0.01,
+    "speedup_target": 2.0,
+    "target_met": True,
+    "score_name": "accuracy",
+    "reference_score": 0.9,
+    "score": 0.89,
+    "layer_speedup": 1.5,
+    "flops_speedup": 1.4,
+    "super_fraction": 0.3,
+    "speed_column": "layer_speedup",
+    "n_examples": 100,
+    "weights": "sha256:00",
+}
+
+
+def _calibration_file(folder: Path, data: object) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / checkpoint.CALIBRATION
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_calibration_file_round_trips_with_the_same_keys(tmp_path: Path):
+    calib = checkpoint.CalibrationFile(**WRITTEN_WITHOUT_VERSION)
+    assert calib.version == checkpoint.CALIBRATION_VERSION == 1
+    calib.save(tmp_path)
+    written = json.loads((tmp_path / checkpoint.CALIBRATION).read_text())
+    assert written == {"version": 1, **WRITTEN_WITHOUT_VERSION}
+    assert list(written)[1:] == list(WRITTEN_WITHOUT_VERSION)  # the keys in the order they always had
+    assert checkpoint.CalibrationFile.load(tmp_path) == calib
+    assert checkpoint.read_calibration(tmp_path) == written
+
+
+def test_calibration_written_before_versions_reads_as_version_1(tmp_path: Path):
+    _calibration_file(tmp_path, WRITTEN_WITHOUT_VERSION)
+    calib = checkpoint.CalibrationFile.load(tmp_path)
+    assert calib is not None and calib.version == 1
+    assert (calib.rule, calib.threshold, calib.temperatures, calib.exits) == (
+        "maxprob",
+        0.9,
+        [1.25, 0.75],
+        ["L1", "L2"],
+    )
+    assert calib.rule_settings == {"name": "maxprob"} and calib.weights == "sha256:00"
+    assert calib.extra == {}
+
+
+def test_older_calibrations_without_rule_settings_or_a_record_still_read(tmp_path: Path):
+    evaluated = {key: WRITTEN_WITHOUT_VERSION[key] for key in ("rule", "threshold", "temperatures", "exits")}
+    _calibration_file(tmp_path, {**evaluated, "accuracy": 0.89})  # a key this elastic does not know
+    calib = checkpoint.CalibrationFile.load(tmp_path)
+    assert calib is not None and calib.rule_settings is None and calib.threshold == 0.9
+    assert calib.extra == {"accuracy": 0.89}
+    assert calib.to_json()["accuracy"] == 0.89
+
+
+def test_no_calibration_file_is_none(tmp_path: Path):
+    assert checkpoint.CalibrationFile.load(tmp_path) is None
+    assert checkpoint.read_calibration(tmp_path) is None
+
+
+def test_a_newer_calibration_version_is_refused(tmp_path: Path):
+    path = _calibration_file(tmp_path, {**WRITTEN_WITHOUT_VERSION, "version": 2})
+    with pytest.raises(UserError) as caught:
+        checkpoint.CalibrationFile.load(tmp_path)
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message
+    assert "version 2, this elastic reads version 1" in message and "re-run `elastic calibrate`" in message
+
+
+@pytest.mark.parametrize(
+    "data,problem",
+    [
+        ({**WRITTEN_WITHOUT_VERSION, "version": "1"}, 'version is "1", not a whole number from 1'),
+        ({**WRITTEN_WITHOUT_VERSION, "version": 0}, "version is 0, not a whole number from 1"),
+        ({**WRITTEN_WITHOUT_VERSION, "threshold": "high"}, 'threshold is "high", not float'),
+        ({**WRITTEN_WITHOUT_VERSION, "temperatures": [1.0]}, "1 temperatures for 2 exits"),
+        ({**WRITTEN_WITHOUT_VERSION, "temperatures": [1.0, 0.0]}, "are not all positive"),
+        ({k: v for k, v in WRITTEN_WITHOUT_VERSION.items() if k != "rule"}, "no rule"),
+        ("maxprob", "not a JSON object"),
+    ],
+)
+def test_a_damaged_calibration_is_one_line(tmp_path: Path, data: object, problem: str):
+    path = _calibration_file(tmp_path, data)
+    with pytest.raises(UserError) as caught:
+        checkpoint.CalibrationFile.load(tmp_path)
+    message = str(caught.value)
+    assert "\n" not in message and f"{path} is corrupt" in message and problem in message, message
+    assert message.endswith("re-run `elastic calibrate`")
+
+
+def test_a_truncated_calibration_is_one_line(tmp_path: Path):
+    path = _calibration_file(tmp_path, WRITTEN_WITHOUT_VERSION)
+    path.write_text(path.read_text()[:40])
+    with pytest.raises(UserError) as caught:
+        checkpoint.CalibrationFile.load(tmp_path)
+    assert "\n" not in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_evaluate_takes_threshold_and_temperatures_from_the_calibration_file(tmp_path: Path):
+    from omegaconf import OmegaConf
+
+    from elastic_cli.config import RootConfig
+    from elastic_cli.stages.evaluate import _operating_point
+
+    raw = OmegaConf.merge(
+        OmegaConf.structured(RootConfig),
+        {
+            "stage": "evaluate",
+            "method": {"name": "early_exit", "exit": {"name": "maxprob"}},
+            "backbone": {"name": "tiny-bert", "family": "bert", "path": "none"},
+            "task": {"name": "sst2", "dataset": "local"},
+        },
+    )
+    cfg = OmegaConf.to_object(raw)
+    assert isinstance(cfg, RootConfig) and cfg.method.exit.threshold is None
+    _calibration_file(tmp_path, WRITTEN_WITHOUT_VERSION)
+    calib = checkpoint.CalibrationFile.load(tmp_path)
+    threshold, temperatures, source = _operating_point(cfg, calib, ["L1", "L2"])
+    assert (threshold, source) == (0.9, "calibration")
+    assert temperatures is not None and temperatures.tolist() == [1.25, 0.75]
+    assert _operating_point(cfg, calib, ["L1", "L3"])[1] is None  # fitted on other exits
+    cfg.method.exit.name = "entropy"
+    with pytest.raises(UserError, match="made for the maxprob rule, not entropy"):
+        _operating_point(cfg, calib, ["L1", "L2"])

@@ -1,13 +1,11 @@
 """Cascades of separately trained models (E-LANG's swift/super pair, SWEET's multi-model baseline):
 the energy router, the cascade's cost accounting, the adaptive path against the rule on cached logits,
-backbone truncation, the super-fraction target, and the cascade folder's consistency check."""
+backbone truncation and the super-fraction target (the cascade folder's files: test_checkpoint.py)."""
 
 from __future__ import annotations
 
 import copy
-import json
 import math
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +16,11 @@ from omegaconf import OmegaConf
 from tiny_models import tiny_hf_model
 
 from elastic_cli import calibration, checkpoint, cost, exits
-from elastic_cli.config import BackboneConfig, EnergyExitConfig, ExitRuleConfig, TinyBackboneConfig
+from elastic_cli.config import BackboneConfig, ExitRuleConfig, TinyBackboneConfig
 from elastic_cli.cost import EncoderDims, ExitCosts
 from elastic_cli.data import Batch, Encoded, Split, batches, encode
 from elastic_cli.errors import UserError
+from elastic_cli.exits import EnergyExitConfig
 from elastic_cli.models.adapters import BackboneAdapter, make_adapter
 from elastic_cli.models.cascade import Cascade, Member
 from elastic_cli.models.loading import build_backbone
@@ -543,82 +542,3 @@ def test_super_fraction_out_of_reach_gives_the_fastest_row_unmet() -> None:
     )
     assert row["threshold"] == 0.1
     assert not row["target_met"]
-
-
-# ---------------------------------------------------------------- 6. the cascade folder
-
-
-def _write_cascade(folder: Path, members: dict[str, Path]) -> None:
-    meta = checkpoint.CascadeMeta(
-        method="elang",
-        task="sst2",
-        seed=0,
-        num_labels=3,
-        label_names=["a", "b", "c"],
-        members=[
-            {
-                "name": name,
-                "folder": str(path.relative_to(folder)) if path.is_relative_to(folder) else str(path),
-                "weights": checkpoint.weights_fingerprint(path),
-            }
-            for name, path in members.items()
-        ],
-    )
-    (folder / checkpoint.CASCADE).write_text(json.dumps(asdict(meta)))
-
-
-def _save_member(folder: Path, layers: int, seed: int) -> MultiExitModel:
-    backbone, tok = _tiny("bert", layers)
-    torch.manual_seed(seed)
-    model = MultiExitModel(backbone, [layers], num_labels=3, use_pretrained_pooler=False).eval()
-    checkpoint.save(folder, model, tok, OmegaConf.create({}), _meta(model, "bert"))
-    return model
-
-
-def test_read_cascade_meta_checks_each_members_weights(tmp_path: Path) -> None:
-    folder = tmp_path / "cascade"
-    swift, super_ = folder / "members" / "swift", tmp_path / "elsewhere" / "super"  # super: reused, absolute
-    _save_member(swift, 2, seed=0)
-    model = _save_member(super_, 3, seed=1)
-    _write_cascade(folder, {"swift": swift, "super": super_})
-    assert checkpoint.is_cascade(folder)
-    meta = checkpoint.read_cascade_meta(folder)
-    assert [m["name"] for m in meta.members] == ["swift", "super"]
-    assert meta.members[0]["folder"] == "members/swift"
-    assert [checkpoint.member_folder(folder, m) for m in meta.members] == [swift, super_]
-
-    # the super model is retrained after the cascade was assembled: same shapes, so the same file size
-    size = (super_ / checkpoint.WEIGHTS).stat().st_size
-    with torch.no_grad():
-        model.heads.classifiers[0].bias.add_(1.0)
-    checkpoint.save(
-        super_,
-        model,
-        checkpoint.load(super_, torch.device("cpu"))[1],
-        OmegaConf.create({}),
-        _meta(model, "bert"),
-    )
-    assert (super_ / checkpoint.WEIGHTS).stat().st_size == size
-    with pytest.raises(UserError, match=r"super model .* re-run `elastic train`"):
-        checkpoint.read_cascade_meta(folder)
-
-
-def test_read_cascade_meta_refuses_a_missing_member_and_another_format(tmp_path: Path) -> None:
-    folder = tmp_path / "cascade"
-    swift = folder / "members" / "swift"
-    _save_member(swift, 2, seed=0)
-    _write_cascade(folder, {"swift": swift})
-    raw = json.loads((folder / checkpoint.CASCADE).read_text())
-    (folder / checkpoint.CASCADE).write_text(json.dumps({**raw, "format": checkpoint.FORMAT + 1}))
-    with pytest.raises(UserError, match="format"):
-        checkpoint.read_cascade_meta(folder)
-    (folder / checkpoint.CASCADE).write_text(
-        json.dumps(
-            {
-                **raw,
-                "members": [*raw["members"], {"name": "gone", "folder": "members/gone", "weights": "0-0"}],
-            }
-        )
-    )
-    with pytest.raises(UserError, match="no checkpoint"):
-        checkpoint.read_cascade_meta(folder)

@@ -20,9 +20,10 @@ from synthetic import write_synthetic_task
 from test_cli import TINY, _one_line_error, elastic, ok
 
 from elastic_cli import checkpoint
-from elastic_cli.config import register_configs, to_root
+from elastic_cli.checks import to_root
 from elastic_cli.errors import UserError
 from elastic_cli.methods import build_method
+from elastic_cli.plugins import register_configs
 from elastic_cli.stages import init_from, subjects
 
 CONF = Path(__file__).resolve().parent.parent / "conf"

@@ -28,8 +28,7 @@ def test_tiny_config_by_hand():
     #   per token: biases 5*4+8 = 28, residuals 8, LayerNorms 2*7*4 = 56, GELU 5*8 = 40 -> 132 * 5 = 660
     assert layer_flops(np.array([5]), TINY)[0] == 1680 + 350 + 660
     # pooler 2*16 + 2*4 = 40, classifier (2*4+1)*3 = 27
-    assert head_flops(TINY) == 67
-    assert head_flops(EncoderDims(2, 4, 8, 2, 3, head_pooler=False)) == 27
+    assert head_flops(TINY) == 67  # every head kind's own count: tests/test_heads.py
     # embeddings 9*4*5 = 180; static = 180 + 2 layers + 1 head
     assert static_flops(np.array([5]), TINY)[0] == 180 + 2 * 2690 + 67
     # one layer and one head (an early exit), then both layers and both heads
@@ -135,8 +134,8 @@ def test_bad_counts_are_refused():
 
 def test_dims_of_adapter():
     adapter = SimpleNamespace(num_layers=6, hidden_size=384, intermediate_size=1536, num_heads=12)
-    dims = EncoderDims.of(adapter, num_labels=2, head_pooler=False)
-    assert dims == EncoderDims(6, 384, 1536, 12, 2, head_pooler=False)
+    dims = EncoderDims.of(adapter, num_labels=2)
+    assert dims == EncoderDims(6, 384, 1536, 12, 2)
 
 
 def test_deberta_disentangled_attention_matches_torchs_flop_counter():

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from elastic_cli import exits
-from elastic_cli.config import ElbertExitConfig, ExitRuleConfig, PatienceExitConfig
+from elastic_cli.config import ExitRuleConfig
 from elastic_cli.errors import UserError
-from elastic_cli.exits import ExitSignals
+from elastic_cli.exits import ElbertExitConfig, ExitSignals, PatienceExitConfig
 
 MAXPROB = exits.build_rule(ExitRuleConfig(name="maxprob"))
 

@@ -7,14 +7,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from elastic_cli.config import (
-    BackboneConfig,
-    TinyBackboneConfig,
-    TrainStageConfig,
-    parse_exit_layers,
-    register_configs,
-    to_root,
-)
+from elastic_cli.checks import to_root
+from elastic_cli.config import BackboneConfig, TinyBackboneConfig, TrainStageConfig, parse_exit_layers
 from elastic_cli.exits import ExitSignals
 from elastic_cli.methods import METHODS, build_method
 from elastic_cli.methods.objectives import (
@@ -28,7 +22,8 @@ from elastic_cli.methods.objectives import (
 from elastic_cli.models.heads import HeadSpec
 from elastic_cli.models.loading import build_backbone
 from elastic_cli.models.multi_exit import MultiExitModel
-from elastic_cli.stages.train import _optimizer, set_trainable
+from elastic_cli.plugins import register_configs
+from elastic_cli.stages.train_loop import build_optimizer, set_trainable
 
 TEXTS = [f"w{i % 7} w{(i * 3) % 11} w{(i * 5) % 13} tok{i % 5}" for i in range(80)]
 
@@ -191,7 +186,7 @@ def test_second_stage_leaves_backbone_and_final_head_unchanged(head, objective):
     obj = method.objective(
         TrainStageConfig(objective=objective, trainable="intermediate_heads"), model.exit_layers
     )
-    opt = _optimizer(model, obj, 1e-2, cfg)
+    opt = build_optimizer(model, obj, 1e-2, cfg.train)
     for _ in range(3):
         opt.zero_grad()
         method.loss(obj, model(**batch), LABELS, 0).backward()

@@ -278,6 +278,122 @@ def test_swept_keys_are_the_overrides_with_several_values():
     assert hydra_callbacks.swept_keys(overrides) == ["method.exit.threshold", "backbone", "task.x"]
 
 
+def fake_child(run_id: str, params: dict[str, str], metrics: dict[str, float], status: str = "FINISHED"):
+    """What summarize reads of an MLflow child run."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        info=SimpleNamespace(run_id=run_id, run_name=f"run {run_id}", status=status),
+        data=SimpleNamespace(params=params, metrics=metrics),
+    )
+
+
+def test_sweep_summary_of_a_classification_task_is_ranked_by_accuracy():
+    children = [
+        fake_child(
+            "a",
+            {"task.metric": "accuracy", "method.exit.threshold": "0.5"},
+            {"accuracy": 0.80, "flops_speedup": 2.5},
+        ),
+        fake_child(
+            "b",
+            {"task.metric": "accuracy", "method.exit.threshold": "0.9"},
+            {"accuracy": 0.86, "flops_speedup": 1.5},
+        ),
+    ]
+    sweep = hydra_callbacks.summarize(children, ["method.exit.threshold"])
+    assert sweep.metric == "accuracy" and sweep.label_cols == ["method.exit.threshold"]
+    assert sweep.table["accuracy"].tolist() == [0.80, 0.86]
+    assert sweep.numbers == {
+        "children": 2.0,
+        "failed_children": 0.0,
+        "best_accuracy": 0.86,
+        "best_accuracy_flops_speedup": 1.5,
+        "max_flops_speedup": 2.5,
+        "max_flops_speedup_accuracy": 0.80,
+    }
+    assert sweep.best_run_id == "b" and sweep.best_run_tag == "elastic.best_accuracy_run_id"
+    assert sweep.points is not None and sweep.points["label"].tolist() == ["0.5", "0.9"]
+
+
+def test_sweep_summary_of_a_regression_task_is_ranked_by_its_metric():
+    """task=stsb (metric pearson_spearman) logs pearson and spearman, no accuracy."""
+    params = {"task.metric": "pearson_spearman"}
+    children = [
+        fake_child(
+            run_id,
+            {**params, "method.exit.threshold": threshold},
+            {"pearson": r, "spearman": r - 0.01, "task_metric": r, "flops_speedup": speedup},
+        )
+        for run_id, threshold, r, speedup in (("a", "0.1", 0.70, 2.0), ("b", "0.3", 0.85, 1.2))
+    ]
+    children.append(fake_child("c", {**params, "method.exit.threshold": "0.5"}, {}, status="FAILED"))
+    sweep = hydra_callbacks.summarize(children, ["method.exit.threshold"])
+    assert sweep.metric == "pearson"
+    assert "accuracy" not in sweep.table and sweep.table["pearson"].tolist()[:2] == [0.70, 0.85]
+    assert sweep.numbers == {
+        "children": 3.0,
+        "failed_children": 1.0,
+        "best_pearson": 0.85,
+        "best_pearson_flops_speedup": 1.2,
+        "max_flops_speedup": 2.0,
+        "max_flops_speedup_pearson": 0.70,
+    }
+    assert sweep.best_run_id == "b" and sweep.best_run_tag == "elastic.best_pearson_run_id"
+    assert sweep.points is not None and sweep.points["label"].tolist() == ["0.1", "0.3"]
+
+
+def test_sweep_summary_metric_follows_task_metric():
+    def metric_of(*task_metrics: str | None) -> str:
+        children = [
+            fake_child(str(i), {} if m is None else {"task.metric": m}, {})
+            for i, m in enumerate(task_metrics)
+        ]
+        return hydra_callbacks.headline_metric(children)
+
+    assert metric_of("f1", "f1") == "f1" and metric_of("matthews") == "matthews"
+    assert metric_of("accuracy", "pearson_spearman") == "task_metric"  # a sweep over tasks of both kinds
+    assert metric_of(None) == "accuracy" and metric_of() == "accuracy"
+
+
+def test_split_scores_keep_evaluates_mlflow_metric_names():
+    from elastic_cli.stages.evaluate import SplitScores
+
+    scores = SplitScores(
+        split="validation",
+        score_name="accuracy",
+        task_scores={"accuracy": 0.75, "f1": 0.5},
+        task_metric=0.5,
+        threshold=0.9,
+        mean_exit_layer=1.5,
+        layer_speedup=4 / 3,
+        flops_speedup=1.25,
+        static_gflops_per_example=2.0,
+        adaptive_gflops_per_example=1.6,
+        exit_names=["L1", "L2"],
+        exit_counts=[3, 1],
+        exit_scores=[0.5, 0.75],
+        predictions=pd.DataFrame({"row": [0, 1, 2, 3]}),
+    )
+    assert scores.metrics() == {
+        "accuracy": 0.75,
+        "f1": 0.5,
+        "task_metric": 0.5,
+        "threshold": 0.9,
+        "mean_exit_layer": 1.5,
+        "layer_speedup": 4 / 3,
+        "flops_speedup": 1.25,
+        "static_gflops_per_example": 2.0,
+        "adaptive_gflops_per_example": 1.6,
+        "n_examples": 4.0,
+        "super_fraction": 0.25,
+        "exit_fraction_L1": 0.75,
+        "exit_fraction_L2": 0.25,
+        "exit_accuracy_L1": 0.5,
+        "exit_accuracy_L2": 0.75,
+    }
+
+
 def test_pareto_front_keeps_the_points_nothing_beats():
     speedup = [1.0, 2.0, 1.5, float("nan"), 2.0]
     accuracy = [0.90, 0.80, 0.70, 0.99, 0.80]
@@ -291,7 +407,7 @@ def hydra_app_dir(store: Path, tmp_path: Path):
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
-    from elastic_cli.config import register_configs
+    from elastic_cli.plugins import register_configs
 
     register_configs()
     conf = tmp_path / "conf"

@@ -25,7 +25,7 @@ from transformers import (
 )
 
 from elastic_cli.config import BackboneConfig, TinyBackboneConfig
-from elastic_cli.models.loading import train_wordpiece_tokenizer
+from elastic_cli.models.tiny import train_wordpiece_tokenizer
 
 SAMPLE_TEXTS = [
     "the movie was wonderful and the actors were great",

@@ -1,5 +1,5 @@
-"""Methods: one module each (a registered class; its config schema is in elastic_cli/config.py and its
-defaults in conf/method/<name>.yaml)."""
+"""Methods: one module each (a registered class with its config schema beside it; its defaults in
+conf/method/<name>.yaml). Adding one: README.md, "Methods"."""
 
 from elastic_cli.methods import (  # noqa: F401  (importing registers them)
     berxit,

@@ -1,39 +1,39 @@
 """The method interface and its registry.
 
-A method is its config (the schema of conf/method/<name>.yaml, a dataclass in elastic_cli/config.py),
-its training stages and objectives (elastic_cli/methods/objectives.py), its exit heads, and its
-default exit rule (conf/method/exit/). A method shapes one multi-exit model, or (a `CascadeMethod`) a
-chain of separately trained single-exit models; any exit rule can be combined with any objective
-(`method/exit=patience`).
+A method is a class registered with its config schema (`@METHODS.register("fastbert",
+schema=FastbertConfig)`: a MethodConfig subclass beside the class, when it has settings of its own), its
+defaults (conf/method/<name>.yaml), its training stages and objectives (elastic_cli/methods/objectives.py),
+its exit heads (`method.head`, elastic_cli/models/heads.py), and its default exit rule (conf/method/exit/).
+A method shapes one multi-exit model, or (a `CascadeMethod`) a chain of separately trained single-exit
+models; any exit rule can be combined with any objective (`method/exit=patience`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import torch
 
 from elastic_cli.config import BackboneConfig, MethodConfig, RootConfig, TrainStageConfig
-from elastic_cli.errors import UserError
-from elastic_cli.exits import ExitSignals
 from elastic_cli.methods.objectives import OBJECTIVES, Objective, lte_loss
 from elastic_cli.models.heads import HeadSpec
+from elastic_cli.registry import Registry, as_schema
+from elastic_cli.signals import ExitSignals
 
-METHODS: dict[str, type[Method]] = {}
-
-
-def register(cls: type[Method]) -> type[Method]:
-    METHODS[cls.name] = cls
-    return cls
+C = TypeVar("C", bound=MethodConfig)
 
 
-class Method:
-    name: ClassVar[str] = ""
+class Method(Generic[C]):
+    """Base of the registered methods, typed over its config schema: `self.cfg` is a `C`."""
+
+    name: ClassVar[str] = ""  # set by METHODS.register
+    schema: ClassVar[type[MethodConfig]] = MethodConfig  # set by METHODS.register when it has its own
 
     def __init__(self, cfg: MethodConfig) -> None:
-        self.cfg = cfg
+        # a plain MethodConfig (a method built in code) gets the schema's defaults for the method's own fields
+        self.cfg: C = cast(C, as_schema(cfg, self.schema))
 
     def stages(self) -> list[TrainStageConfig]:
         return list(self.cfg.stages) or [TrainStageConfig(objective=self.cfg.objective)]
@@ -43,9 +43,7 @@ class Method:
         return {}
 
     def objective(self, stage: TrainStageConfig, exit_layers: list[int]) -> Objective:
-        if stage.objective not in OBJECTIVES:
-            raise UserError(f"objective {stage.objective!r} is not one of {', '.join(sorted(OBJECTIVES))}")
-        return OBJECTIVES[stage.objective](exit_layers, **self.objective_options(stage.objective))
+        return OBJECTIVES.get(stage.objective)(exit_layers, **self.objective_options(stage.objective))
 
     def loss(self, objective: Objective, out: ExitSignals, labels: torch.Tensor, step: int) -> torch.Tensor:
         loss = objective(out, labels, step)
@@ -67,7 +65,7 @@ class CascadeMemberSpec:
     ckpt: str | None = None  # reuse this trained single-exit checkpoint instead of training
 
 
-class CascadeMethod(Method):
+class CascadeMethod(Method[C]):
     """A chain of separately trained single-exit models, smallest first (models/cascade.py). Each member is
     fine-tuned like the static baseline: final classifier only, the method's head and head dropout."""
 
@@ -75,7 +73,7 @@ class CascadeMethod(Method):
         """The models, smallest first; `depth()` gives the layer count of cfg.backbone."""
         raise NotImplementedError
 
-    def member_method(self) -> Method:
+    def member_method(self) -> Method[MethodConfig]:
         return Method(
             MethodConfig(
                 name="static",
@@ -87,7 +85,8 @@ class CascadeMethod(Method):
         )
 
 
-def build_method(cfg: MethodConfig) -> Method:
-    if cfg.name not in METHODS:
-        raise UserError(f"method.name={cfg.name!r} is not a known method ({', '.join(sorted(METHODS))})")
-    return METHODS[cfg.name](cfg)
+METHODS: Registry[Method[Any]] = Registry("method", "method.name", group="method")
+
+
+def build_method(cfg: MethodConfig) -> Method[Any]:
+    return METHODS.get(cfg.name)(cfg)

@@ -11,9 +11,10 @@ run, its target is 1 - [correct] rather than the clamped entropy of some version
 reads the pooled state detached, so the LTE loss never moves the classifier's representation.
 """
 
-from elastic_cli.methods.base import Method, register
+from elastic_cli.config import MethodConfig
+from elastic_cli.methods.base import METHODS, Method
 
 
-@register
-class Berxit(Method):
-    name = "berxit"
+@METHODS.register("berxit")
+class Berxit(Method[MethodConfig]):
+    """The alternating objective and the LTE module (MethodConfig.lte): conf/method/berxit.yaml."""

@@ -6,9 +6,10 @@ sum of their losses. Exit rule: entropy of the exit's softmax below S (nats). De
 -1 (never exit); here `calibrate` chooses S on the calibration split.
 """
 
-from elastic_cli.methods.base import Method, register
+from elastic_cli.config import MethodConfig
+from elastic_cli.methods.base import METHODS, Method
 
 
-@register
-class DeeBert(Method):
-    name = "deebert"
+@METHODS.register("deebert")
+class DeeBert(Method[MethodConfig]):
+    """Two stages of MethodConfig.stages: conf/method/deebert.yaml."""

@@ -4,18 +4,25 @@ an example to the super model when s < t (conf/method/exit/energy.yaml). The sup
 the swift model is `method.swift` (`method.swift=minilm-l3` picks another backbone config)."""
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from elastic_cli.config import ElangMethodConfig, RootConfig
-from elastic_cli.methods.base import CascadeMemberSpec, CascadeMethod, register
+from elastic_cli.config import BackboneConfig, MethodConfig, RootConfig
+from elastic_cli.methods.base import METHODS, CascadeMemberSpec, CascadeMethod
 
 
-@register
-class Elang(CascadeMethod):
-    name = "elang"
+@dataclass
+class ElangConfig(MethodConfig):
+    """E-LANG: a swift model (this backbone) in front of the super model (the `backbone` group)."""
 
+    swift: BackboneConfig = field(default_factory=BackboneConfig)
+    swift_ckpt: str | None = None  # reuse a trained single-exit (static) checkpoint as the swift model
+    super_ckpt: str | None = None  # ... or as the super model
+
+
+@METHODS.register("elang", schema=ElangConfig)
+class Elang(CascadeMethod[ElangConfig]):
     def members(self, cfg: RootConfig, depth: Callable[[], int]) -> list[CascadeMemberSpec]:
         m = self.cfg
-        assert isinstance(m, ElangMethodConfig)
         return [
             CascadeMemberSpec("swift", m.swift, ckpt=m.swift_ckpt),
             CascadeMemberSpec("super", cfg.backbone, ckpt=m.super_ckpt),

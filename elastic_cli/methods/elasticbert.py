@@ -8,9 +8,10 @@ that checkpoint has a pretrained pooler per layer; here every exit's pooler star
 layer's (the hub is out of reach on the build machines, so the per-layer mapping is not written).
 """
 
-from elastic_cli.methods.base import Method, register
+from elastic_cli.config import MethodConfig
+from elastic_cli.methods.base import METHODS, Method
 
 
-@register
-class ElasticBert(Method):
-    name = "elasticbert"
+@METHODS.register("elasticbert")
+class ElasticBert(Method[MethodConfig]):
+    """Gradient equilibrium (MethodConfig.gradient_equilibrium): conf/method/elasticbert.yaml."""

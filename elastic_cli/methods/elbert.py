@@ -6,18 +6,26 @@ the last exit takes the rest so they sum to the number of exits. Exit rule: norm
 the confidence-window rules bias_1 / bias_2 / bias_3 (see elastic_cli/exits.py).
 """
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from elastic_cli.config import ElbertMethodConfig
-from elastic_cli.methods.base import Method, register
+from elastic_cli.config import POSITIVE, Bound, MethodConfig
+from elastic_cli.methods.base import METHODS, Method
 
 
-@register
-class Elbert(Method):
-    name = "elbert"
+@dataclass
+class ElbertConfig(MethodConfig):
+    RANGES: ClassVar[tuple[tuple[str, Bound, str], ...]] = (
+        ("w_lr", POSITIVE, "the learning rate of ELBERT's exit weights"),
+    )
 
+    w_init: float = 4.0  # initial logit of every intermediate exit weight (sigmoid(4) = 0.982)
+    w_lr: float = 1e-2  # lr of the exit weights (their own optimizer group)
+
+
+@METHODS.register("elbert", schema=ElbertConfig)
+class Elbert(Method[ElbertConfig]):
     def objective_options(self, objective: str) -> dict[str, Any]:
-        cfg = self.cfg
-        if objective == "dyn_weights" and isinstance(cfg, ElbertMethodConfig):
-            return {"w_init": cfg.w_init, "w_lr": cfg.w_lr}
+        if objective == "dyn_weights":
+            return {"w_init": self.cfg.w_init, "w_lr": self.cfg.w_lr}
         return {}

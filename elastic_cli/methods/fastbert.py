@@ -7,31 +7,39 @@ Each classifier is FastBERT's small student head (`method.head=fastbert`). Exit 
 entropy below `speed`.
 """
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from elastic_cli.config import BackboneConfig, FastbertMethodConfig
-from elastic_cli.methods.base import Method, register
+from elastic_cli.config import POSITIVE, BackboneConfig, Bound, MethodConfig, at_least
+from elastic_cli.methods.base import METHODS, Method
 from elastic_cli.models.heads import HeadSpec
 
 
-@register
-class FastBert(Method):
-    name = "fastbert"
+@dataclass
+class FastbertConfig(MethodConfig):
+    RANGES: ClassVar[tuple[tuple[str, Bound, str], ...]] = (
+        ("head_hidden", at_least(1), "the width of FastBERT's student classifier"),
+        ("head_attention_heads", at_least(1), "the attention heads of FastBERT's student classifier"),
+        ("distil_temperature", POSITIVE, "FastBERT's distillation temperature"),
+    )
 
+    head_hidden: int = 128  # FastBERT's student classifier width
+    head_attention_heads: int = 2
+    distil_temperature: float = 1.0
+
+
+@METHODS.register("fastbert", schema=FastbertConfig)
+class FastBert(Method[FastbertConfig]):
     def objective_options(self, objective: str) -> dict[str, Any]:
-        cfg = self.cfg
-        if objective == "self_distil" and isinstance(cfg, FastbertMethodConfig):
-            return {"temperature": cfg.distil_temperature}
+        if objective == "self_distil":
+            return {"temperature": self.cfg.distil_temperature}
         return {}
 
     def head_spec(self, backbone: BackboneConfig) -> HeadSpec:
-        cfg = self.cfg
-        if isinstance(cfg, FastbertMethodConfig):
-            return HeadSpec(
-                kind=cfg.head,
-                pooling=backbone.pooling,
-                width=cfg.head_hidden,
-                attention_heads=cfg.head_attention_heads,
-                dropout=cfg.head_dropout,
-            )
-        return super().head_spec(backbone)
+        return HeadSpec(
+            kind=self.cfg.head,
+            pooling=backbone.pooling,
+            width=self.cfg.head_hidden,
+            attention_heads=self.cfg.head_attention_heads,
+            dropout=self.cfg.head_dropout,
+        )

@@ -5,19 +5,24 @@ models 1..j (SWEET's cumulative accounting; its evaluation script counts every e
 model, which is not repeated here). Exits as `method.exit_layers` (default SWEET's 0_3_5_11)."""
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from elastic_cli.config import MultiModelMethodConfig, RootConfig, parse_exit_layers
+from elastic_cli.config import MethodConfig, RootConfig, parse_exit_layers
 from elastic_cli.errors import UserError
-from elastic_cli.methods.base import CascadeMemberSpec, CascadeMethod, register
+from elastic_cli.methods.base import METHODS, CascadeMemberSpec, CascadeMethod
 
 
-@register
-class MultiModel(CascadeMethod):
-    name = "multi_model"
+@dataclass
+class MultiModelConfig(MethodConfig):
+    """SWEET's multi-model baseline: one model per exit layer, the backbone's first k layers each."""
 
+    member_ckpts: dict[str, str] = field(default_factory=dict)  # reuse: {"L4": folder, ...}
+
+
+@METHODS.register("multi_model", schema=MultiModelConfig)
+class MultiModel(CascadeMethod[MultiModelConfig]):
     def members(self, cfg: RootConfig, depth: Callable[[], int]) -> list[CascadeMemberSpec]:
         m = self.cfg
-        assert isinstance(m, MultiModelMethodConfig)
         layers = parse_exit_layers(m.exit_layers, depth())
         names = [f"L{k}" for k in layers]
         unknown = sorted(set(m.member_ckpts) - set(names))

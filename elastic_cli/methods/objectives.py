@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from elastic_cli.exits import ExitSignals
+from elastic_cli.registry import Registry
+from elastic_cli.signals import ExitSignals
 
 
 def per_exit_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -37,6 +38,10 @@ class Objective(nn.Module):
 
     def forward(self, out: ExitSignals, labels: torch.Tensor, step: int) -> torch.Tensor:
         raise NotImplementedError
+
+    def logged(self, exit_layers: list[int]) -> dict[str, float]:
+        """What this objective logs after each epoch, beside the exits' scores: none by default."""
+        return {}
 
 
 class FinalOnly(Objective):
@@ -104,6 +109,11 @@ class DynamicWeights(Objective):
     def forward(self, out: ExitSignals, labels: torch.Tensor, step: int) -> torch.Tensor:
         return (self.weights() * per_exit_losses(out.logits, labels)).sum()
 
+    def logged(self, exit_layers: list[int]) -> dict[str, float]:
+        """The exit weights w_i, one per exit layer."""
+        weights = self.weights().detach().cpu().numpy()
+        return {f"train/exit_weight_L{layer}": float(w) for layer, w in zip(exit_layers, weights)}
+
 
 class Alternating(Objective):
     """BERxiT's `alternate` routine: even steps train the final exit only, odd steps all exits."""
@@ -126,7 +136,8 @@ def lte_loss(out: ExitSignals, labels: torch.Tensor) -> torch.Tensor:
     return ((out.lte - target) ** 2).mean(dim=0).sum()
 
 
-OBJECTIVES: dict[str, type[Objective]] = {
+OBJECTIVES: Registry[Objective] = Registry("objective", "method.objective")
+for _name, _objective in {
     "final_only": FinalOnly,
     "sum": Summed,
     "sum_intermediate": SummedIntermediate,
@@ -134,4 +145,5 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "self_distil": SelfDistillation,
     "dyn_weights": DynamicWeights,
     "alternate": Alternating,
-}
+}.items():
+    OBJECTIVES.register(_name)(_objective)

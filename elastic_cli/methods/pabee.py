@@ -5,9 +5,10 @@ one shared pooler and a linear classifier per exit. Exit rule: patience, exit on
 exits agree on the argmax (regression: change below `regression_threshold`).
 """
 
-from elastic_cli.methods.base import Method, register
+from elastic_cli.config import MethodConfig
+from elastic_cli.methods.base import METHODS, Method
 
 
-@register
-class Pabee(Method):
-    name = "pabee"
+@METHODS.register("pabee")
+class Pabee(Method[MethodConfig]):
+    """The layer-weighted objective and the patience rule: conf/method/pabee.yaml."""

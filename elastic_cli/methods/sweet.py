@@ -9,9 +9,10 @@ On MPNet and DeBERTa the relative-position parameters are shared by all layers (
 batch), so every exit's loss still reaches them; on BERT, SWEET's backbone, the isolation is exact.
 """
 
-from elastic_cli.methods.base import Method, register
+from elastic_cli.config import MethodConfig
+from elastic_cli.methods.base import METHODS, Method
 
 
-@register
-class Sweet(Method):
-    name = "sweet"
+@METHODS.register("sweet")
+class Sweet(Method[MethodConfig]):
+    """Its settings are switches of MethodConfig (stop_gradient, head, exit_layers): conf/method/sweet.yaml."""

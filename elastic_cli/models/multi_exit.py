@@ -23,7 +23,7 @@ from torch import nn
 
 from elastic_cli import exits
 from elastic_cli.models.adapters import BackboneAdapter
-from elastic_cli.models.heads import ExitHeads, HeadSpec
+from elastic_cli.models.heads import HeadSpec, build_heads
 
 
 class _GradientRescale(torch.autograd.Function):
@@ -98,7 +98,7 @@ class MultiExitModel(nn.Module):
         self.num_labels = num_labels
         self.head_spec = head or HeadSpec()
         pooler = backbone.pretrained_pooler() if use_pretrained_pooler else None
-        self.heads = ExitHeads(self.head_spec, len(exit_layers), backbone.hidden_size, num_labels, pooler)
+        self.heads = build_heads(self.head_spec, len(exit_layers), backbone.hidden_size, num_labels, pooler)
         # BERxiT: one module for all exits, Linear(pooled -> 1) + sigmoid: the predicted need to continue
         self.lte = nn.Linear(self.heads.pooled_size, 1) if lte else None
         self.stop_gradient = stop_gradient

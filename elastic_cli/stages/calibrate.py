@@ -4,8 +4,6 @@ checkpoint. The evaluation split is never looked at here."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from omegaconf import DictConfig
 from rich.table import Table
@@ -68,46 +66,43 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
             speed_column=subject.speed_column,
             score_column="score",
         )
-        result: dict[str, Any] = {
-            "rule": rule.name,
-            "rule_settings": exits.rule_settings(cfg.method.exit),
-            "threshold": float(chosen["threshold"]),
-            "temperatures": [float(t) for t in temperatures],
-            "exit_layers": subject.exit_layers,
-            "exits": names,
-            "target": cfg.calibrate.target,
-            "tolerance": cfg.calibrate.tolerance,
-            "speedup_target": cfg.calibrate.speedup,
-            "target_met": bool(chosen["target_met"]),
-            "score_name": score_name(info.num_labels),
-            "reference_score": reference,
-            "score": float(chosen["score"]),
-            "layer_speedup": float(chosen["layer_speedup"]),
-            "flops_speedup": float(chosen.get("flops_speedup", float("nan"))),
-            "super_fraction": float(chosen["super_fraction"]),
-            "speed_column": subject.speed_column,
-            "n_examples": int(len(cached.labels)),
-            "weights": subject.fingerprint(),
-        }
-        checkpoint.write_json_atomic(folder / checkpoint.CALIBRATION, result)
+        result = checkpoint.CalibrationFile(
+            rule=rule.name,
+            rule_settings=exits.rule_settings(cfg.method.exit),
+            threshold=float(chosen["threshold"]),
+            temperatures=[float(t) for t in temperatures],
+            exit_layers=subject.exit_layers,
+            exits=names,
+            target=cfg.calibrate.target,
+            tolerance=cfg.calibrate.tolerance,
+            speedup_target=cfg.calibrate.speedup,
+            target_met=bool(chosen["target_met"]),
+            score_name=score_name(info.num_labels),
+            reference_score=reference,
+            score=float(chosen["score"]),
+            layer_speedup=float(chosen["layer_speedup"]),
+            flops_speedup=float(chosen.get("flops_speedup", float("nan"))),
+            super_fraction=float(chosen["super_fraction"]),
+            speed_column=subject.speed_column,
+            n_examples=int(len(cached.labels)),
+            weights=subject.fingerprint(),
+        )
+        result.save(folder)
 
         tracking.log_metrics(
             {
-                "calibration/threshold": result["threshold"],
-                "calibration/score": result["score"],
+                "calibration/threshold": result.threshold,
+                "calibration/score": result.score,
                 "calibration/reference_score": reference,
-                "calibration/layer_speedup": result["layer_speedup"],
-                "calibration/flops_speedup": result["flops_speedup"],
-                "calibration/super_fraction": result["super_fraction"],
-                "calibration/target_met": float(result["target_met"]),
+                "calibration/layer_speedup": result.layer_speedup,
+                "calibration/flops_speedup": result.flops_speedup,
+                "calibration/super_fraction": result.super_fraction,
+                "calibration/target_met": float(result.target_met),
                 **{f"calibration/temperature_{name}": float(t) for name, t in zip(names, temperatures)},
-                **{
-                    f"calibration/exit_{result['score_name']}_{name}": float(a)
-                    for name, a in zip(names, accs)
-                },
+                **{f"calibration/exit_{result.score_name}_{name}": float(a) for name, a in zip(names, accs)},
             }
         )
-        tracking.log_dict(result, "calibration.json")
+        tracking.log_dict(result.to_json(), "calibration.json")
         tracking.log_dataframe(curve, "calibration_curve.csv")
         tracking.log_figure(
             plots.pareto_figure(
@@ -116,21 +111,21 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
             "calibration_curve.png",
         )
         _print(result, names, accs)
-        return float(result["score"])
+        return float(result.score)
 
 
-def _print(result: dict, names: list[str], accs) -> None:
-    table = Table(title=f"calibration ({result['n_examples']} examples)")
+def _print(result: checkpoint.CalibrationFile, names: list[str], accs) -> None:
+    table = Table(title=f"calibration ({result.n_examples} examples)")
     table.add_column("exit", justify="right")
-    table.add_column(result["score_name"], justify="right")
+    table.add_column(result.score_name, justify="right")
     table.add_column("temperature", justify="right")
-    for name, a, t in zip(names, accs, result["temperatures"]):
+    for name, a, t in zip(names, accs, result.temperatures):
         table.add_row(name, f"{a:.4f}", f"{t:.3f}")
     console.print(table)
-    met = "" if result["target_met"] else "  (target NOT met: closest threshold kept)"
+    met = "" if result.target_met else "  (target NOT met: closest threshold kept)"
     console.print(
-        f"{result['rule']} threshold {result['threshold']:.4f}: {result['score_name']} {result['score']:.4f} "
-        f"(final exit {result['reference_score']:.4f}), layer speed-up {result['layer_speedup']:.2f}x, "
-        f"FLOPs speed-up {result['flops_speedup']:.2f}x, {100 * result['super_fraction']:.1f}% reach the last "
+        f"{result.rule} threshold {result.threshold:.4f}: {result.score_name} {result.score:.4f} "
+        f"(final exit {result.reference_score:.4f}), layer speed-up {result.layer_speedup:.2f}x, "
+        f"FLOPs speed-up {result.flops_speedup:.2f}x, {100 * result.super_fraction:.1f}% reach the last "
         f"exit{met}"
     )

@@ -27,9 +27,9 @@ from elastic_cli.config import DeviceConfig, RootConfig
 from elastic_cli.cost import EncoderDims
 from elastic_cli.data import Encoded, batches
 from elastic_cli.errors import UserError
-from elastic_cli.exits import ExitSignals
 from elastic_cli.metrics import pearson
 from elastic_cli.models.multi_exit import MultiExitModel
+from elastic_cli.signals import ExitSignals
 
 # soft wrap: a long path in a log line stays on one line (grep finds it), whatever the width
 console = Console(stderr=True, soft_wrap=True)
@@ -206,13 +206,9 @@ def _write_cache(candidates: list[Path], signals: ExitSignals) -> None:
 
 def cost_dims(model: MultiExitModel) -> EncoderDims:
     """The dimensions that price this model's layers and exit heads (elastic_cli/cost.py)."""
-    spec = model.heads.spec
-    return replace(
-        EncoderDims.of(model.backbone, model.num_labels),
-        fastbert_width=spec.width if spec.kind == "fastbert" else 0,
-        fastbert_attention_heads=spec.attention_heads,
-        lte=model.lte is not None,
-    )
+    dims = EncoderDims.of(model.backbone, model.num_labels)
+    head = model.heads.cost(model.heads.spec, dims.hidden, dims.num_labels)
+    return replace(dims, head=head, lte=model.lte is not None)
 
 
 def score_name(num_labels: int) -> str:

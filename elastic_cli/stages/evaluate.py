@@ -5,6 +5,7 @@ the adaptive model beside the static model, measured in the same run."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,12 +32,12 @@ from elastic_cli.stages.common import (
 
 
 def _operating_point(
-    cfg: RootConfig, calib: dict | None, exit_names: list[str]
+    cfg: RootConfig, calib: checkpoint.CalibrationFile | None, exit_names: list[str]
 ) -> tuple[float, torch.Tensor | None, str]:
     """The threshold and temperatures to evaluate, and where the threshold came from."""
     temperatures = None
-    if calib is not None and calib.get("exits") == exit_names:
-        temperatures = torch.tensor(calib["temperatures"])
+    if calib is not None and calib.exits == exit_names:
+        temperatures = torch.tensor(calib.temperatures)
     if cfg.method.exit.threshold is not None:
         return float(cfg.method.exit.threshold), temperatures, "config"
     if calib is None:
@@ -44,13 +45,13 @@ def _operating_point(
             "no exit threshold: run `elastic calibrate` with the same method/backbone/task first, "
             "or set method.exit.threshold=..."
         )
-    if calib["rule"] != cfg.method.exit.name:
+    if calib.rule != cfg.method.exit.name:
         raise UserError(
-            f"calibration.json was made for the {calib['rule']} rule, not {cfg.method.exit.name}: "
+            f"calibration.json was made for the {calib.rule} rule, not {cfg.method.exit.name}: "
             "re-run `elastic calibrate` or set method.exit.threshold=..."
         )
     # (calibrations written before rule settings were recorded carry none: nothing to compare)
-    recorded, ours = calib.get("rule_settings"), exits.rule_settings(cfg.method.exit)
+    recorded, ours = calib.rule_settings, exits.rule_settings(cfg.method.exit)
     if recorded is not None and recorded != ours:
         differs = ", ".join(
             f"method.exit.{k}={recorded.get(k)} there, {ours.get(k)} here"
@@ -61,7 +62,7 @@ def _operating_point(
             f"calibration.json's threshold was chosen with other rule settings ({differs}): "
             "re-run `elastic calibrate` with these settings, or set method.exit.threshold=..."
         )
-    return float(calib["threshold"]), temperatures, "calibration"
+    return float(calib.threshold), temperatures, "calibration"
 
 
 def run(cfg: RootConfig, raw: DictConfig) -> float:
@@ -76,7 +77,7 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
     with tracking.stage_run(cfg, raw, checkpoint=folder):
         subject = subjects.open_subject(folder, device)
         threshold, temperatures, source = _operating_point(
-            cfg, checkpoint.read_calibration(folder), subject.exit_names
+            cfg, checkpoint.CalibrationFile.load(folder), subject.exit_names
         )
         data = load_task_data(cfg.task, cfg.seed)
         scaled = temperatures is not None and bool((temperatures != 1.0).any())
@@ -87,42 +88,104 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
         for i, (split, examples) in enumerate(data.evals.items()):
             inputs = subject.encode(examples)
             cached = subject.outputs(split, inputs, cfg, device)
-            result = _score_split(cfg, rule, threshold, temperatures, cached, subject, subject.costs(inputs))
-            tracking.log_metrics({f"{split}/{k}": v for k, v in result["metrics"].items()})
-            tracking.log_exit_histogram(result["counts"], subject.histogram_steps, prefix=f"{split}/")
-            if cfg.evaluate.save_predictions:
-                tracking.log_dataframe(result["predictions"], f"{split}/predictions.csv")
-            if cfg.evaluate.grid:
-                tracking.log_dataframe(result["curve"], f"{split}/threshold_curve.csv")
-                tracking.log_figure(
-                    plots.pareto_figure(
-                        result["curve"], "flops_speedup", "score", "threshold", f"{split}: threshold curve"
-                    ),
-                    f"{split}/threshold_curve.png",
-                )
+            scores = _score_split(
+                cfg, split, rule, threshold, temperatures, cached, subject, subject.costs(inputs)
+            )
+            scores.log(subject.histogram_steps, cfg.evaluate.save_predictions)
             if i == 0:
-                headline = dict(result["metrics"])
+                headline = scores.metrics()
                 if cfg.evaluate.latency:
                     headline.update(
                         _measure_latency(cfg, subject, inputs, cached, rule, threshold, temperatures, device)
                     )
                 tracking.log_metrics(headline)
-                tracking.log_exit_histogram(result["counts"], subject.histogram_steps)
-            _print(split, cfg, threshold, source, result, subject.exit_names)
+                tracking.log_exit_histogram(scores.exit_counts, subject.histogram_steps)
+            _print(cfg, source, scores)
         if cfg.evaluate.latency:
             _print_latency(headline)
         return float(headline.get("task_metric", float("nan")))
 
 
+@dataclass
+class SplitScores:
+    """What evaluate measures on one evaluation split at one threshold: the task metric, each exit's
+    score and share of the examples, the speed-ups, the predictions and (evaluate.grid) the threshold
+    curve. `metrics` names the MLflow metrics and `log` is the one place they and the split's artifacts
+    are logged; evaluate writes no scores file of its own."""
+
+    split: str
+    score_name: str  # what one exit is scored by: accuracy, or pearson for a regression
+    task_scores: dict[str, float]  # compute_metrics: accuracy (+ f1 or matthews), or pearson and spearman
+    task_metric: float  # the task's headline value (metrics.main_metric), one of task_scores
+    threshold: float
+    mean_exit_layer: float
+    layer_speedup: float
+    flops_speedup: float
+    static_gflops_per_example: float
+    adaptive_gflops_per_example: float
+    exit_names: list[str]
+    exit_counts: list[int]  # examples leaving at each exit
+    exit_scores: list[float]  # each exit's own score on every example
+    predictions: pd.DataFrame  # one row per example: label, prediction, exit, exit layer, tokens, ...
+    curve: pd.DataFrame | None = None  # the rule's whole threshold curve (evaluate.grid)
+
+    @property
+    def n_examples(self) -> int:
+        return sum(self.exit_counts)
+
+    def exit_fractions(self) -> np.ndarray:
+        """The share of the examples leaving at each exit (a cascade's swift/super split)."""
+        return np.asarray(self.exit_counts) / max(1, self.n_examples)
+
+    def metrics(self) -> dict[str, float]:
+        """The split's MLflow metrics, by their names (logged as <split>/<name>; the first split's also
+        as <name>)."""
+        fractions = self.exit_fractions()
+        return {
+            **self.task_scores,
+            "task_metric": self.task_metric,
+            "threshold": self.threshold,
+            "mean_exit_layer": self.mean_exit_layer,
+            "layer_speedup": self.layer_speedup,
+            "flops_speedup": self.flops_speedup,
+            "static_gflops_per_example": self.static_gflops_per_example,
+            "adaptive_gflops_per_example": self.adaptive_gflops_per_example,
+            "n_examples": float(self.n_examples),
+            # the split between exits (a cascade's swift/super split): fraction leaving at each, and
+            # reaching the last
+            "super_fraction": float(fractions[-1]),
+            **{f"exit_fraction_{n}": float(f) for n, f in zip(self.exit_names, fractions)},
+            **{f"exit_{self.score_name}_{n}": a for n, a in zip(self.exit_names, self.exit_scores)},
+        }
+
+    def log(self, histogram_steps: list[int], save_predictions: bool) -> None:
+        """Log to the stage's run, under <split>/: the metrics, the exit histogram, predictions.csv (when
+        `save_predictions`) and the threshold curve's table and figure (when there is one)."""
+        split = self.split
+        tracking.log_metrics({f"{split}/{k}": v for k, v in self.metrics().items()})
+        tracking.log_exit_histogram(self.exit_counts, histogram_steps, prefix=f"{split}/")
+        if save_predictions:
+            tracking.log_dataframe(self.predictions, f"{split}/predictions.csv")
+        if self.curve is not None:
+            tracking.log_dataframe(self.curve, f"{split}/threshold_curve.csv")
+            tracking.log_figure(
+                plots.pareto_figure(
+                    self.curve, "flops_speedup", "score", "threshold", f"{split}: threshold curve"
+                ),
+                f"{split}/threshold_curve.png",
+            )
+
+
 def _score_split(
     cfg: RootConfig,
+    split: str,
     rule: exits.ExitRule,
     threshold: float,
     temperatures: torch.Tensor | None,
     cached: CachedOutputs,
     subject: subjects.Subject,
     costs: ExitCosts,
-) -> dict[str, Any]:
+) -> SplitScores:
     signals = cached.signals
     names = subject.exit_names
     exit_idx, chosen = exits.simulate(rule, signals, threshold, temperatures)
@@ -133,25 +196,7 @@ def _score_split(
     scores = compute_metrics(cfg.task.metric, preds, cached.labels)
     cost = costs.at(exit_idx_np)
     per_exit = exit_scores(signals, cached.labels)
-    name = score_name(chosen.shape[-1])
     counts = np.bincount(exit_idx_np, minlength=len(names))
-    fractions = counts / max(1, len(preds))
-    metrics = {
-        **scores,
-        "task_metric": scores[main_metric(cfg.task.metric)],
-        "threshold": threshold,
-        "mean_exit_layer": float(layers_run.mean()),
-        "layer_speedup": cost["layer_speedup"],
-        "flops_speedup": cost["flops_speedup"],
-        "static_gflops_per_example": cost["static_gflops_per_example"],
-        "adaptive_gflops_per_example": cost["adaptive_gflops_per_example"],
-        "n_examples": float(len(preds)),
-        # the split between exits (a cascade's swift/super split): fraction leaving at each, and reaching
-        # the last
-        "super_fraction": float(fractions[-1]),
-        **{f"exit_fraction_{n}": float(f) for n, f in zip(names, fractions)},
-        **{f"exit_{name}_{n}": float(a) for n, a in zip(names, per_exit)},
-    }
     columns: dict[str, Any] = {
         "row": np.arange(len(preds)),
         "label": cached.labels,
@@ -165,13 +210,23 @@ def _score_split(
     curve = None
     if cfg.evaluate.grid:
         curve = subject.threshold_curve(rule, cached, costs, temperatures, cfg.evaluate.grid_size)
-    return {
-        "metrics": metrics,
-        "score_name": name,
-        "counts": counts.tolist(),
-        "predictions": pd.DataFrame(columns),
-        "curve": curve,
-    }
+    return SplitScores(
+        split=split,
+        score_name=score_name(chosen.shape[-1]),
+        task_scores=scores,
+        task_metric=scores[main_metric(cfg.task.metric)],
+        threshold=threshold,
+        mean_exit_layer=float(layers_run.mean()),
+        layer_speedup=cost["layer_speedup"],
+        flops_speedup=cost["flops_speedup"],
+        static_gflops_per_example=cost["static_gflops_per_example"],
+        adaptive_gflops_per_example=cost["adaptive_gflops_per_example"],
+        exit_names=list(names),
+        exit_counts=counts.tolist(),
+        exit_scores=[float(a) for a in per_exit],
+        predictions=pd.DataFrame(columns),
+        curve=curve,
+    )
 
 
 def _measure_latency(
@@ -240,25 +295,20 @@ def _measure_latency(
     return out
 
 
-def _print(
-    split: str, cfg: RootConfig, threshold: float, source: str, result: dict, exit_names: list[str]
-) -> None:
-    m = result["metrics"]
+def _print(cfg: RootConfig, source: str, scores: SplitScores) -> None:
     table = Table(
-        title=f"{cfg.method.name} / {cfg.backbone.name} / {cfg.task.name} [{split}], {cfg.method.exit.name} threshold {threshold:.4f} ({source})"
+        title=f"{cfg.method.name} / {cfg.backbone.name} / {cfg.task.name} [{scores.split}], {cfg.method.exit.name} threshold {scores.threshold:.4f} ({source})"
     )
     table.add_column("exit", justify="right")
-    table.add_column(f"exit {result['score_name']}", justify="right")
+    table.add_column(f"exit {scores.score_name}", justify="right")
     table.add_column("exited here", justify="right")
-    total = max(1, sum(result["counts"]))
-    name = result["score_name"]
-    for exit_name, count in zip(exit_names, result["counts"]):
-        score = m[f"exit_{name}_{exit_name}"]
+    total = max(1, sum(scores.exit_counts))
+    for exit_name, count, score in zip(scores.exit_names, scores.exit_counts, scores.exit_scores):
         table.add_row(exit_name, f"{score:.4f}", f"{count} ({100 * count / total:.1f}%)")
     console.print(table)
     console.print(
-        f"{main_metric(cfg.task.metric)} {m['task_metric']:.4f} | mean exit layer {m['mean_exit_layer']:.2f} | "
-        f"layer speed-up {m['layer_speedup']:.2f}x | FLOPs speed-up {m['flops_speedup']:.2f}x"
+        f"{main_metric(cfg.task.metric)} {scores.task_metric:.4f} | mean exit layer {scores.mean_exit_layer:.2f} | "
+        f"layer speed-up {scores.layer_speedup:.2f}x | FLOPs speed-up {scores.flops_speedup:.2f}x"
     )
 
 

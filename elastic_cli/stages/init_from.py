@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from elastic_cli import checkpoint
 from elastic_cli.config import RootConfig, TrainStageConfig
 from elastic_cli.errors import UserError
-from elastic_cli.models.loading import first_line
+from elastic_cli.models.json_files import first_line
 from elastic_cli.models.multi_exit import MultiExitModel
 
 # what decides the training subset and the calibration split carved from it
@@ -130,23 +130,17 @@ def load_into(model: MultiExitModel, start: Start) -> None:
     """The checkpoint's backbone and its one classifier into `model`'s backbone and last exit."""
     folder, meta = start.folder, start.meta
     ours, theirs = model.head_spec, meta.head_spec()
-    shape = (
-        ("kind", "pooling", "width", "attention_heads") if ours.kind == "fastbert" else ("kind", "pooling")
-    )
-    if any(getattr(ours, k) != getattr(theirs, k) for k in shape):
+    if any(getattr(ours, k) != getattr(theirs, k) for k in model.heads.init_fields):
         raise UserError(
             f"train.init_from={folder} has a {theirs.kind} head ({theirs.pooling} pooling), this method's "
             f"last exit a {ours.kind} head ({ours.pooling} pooling): fine-tune the checkpoint with "
             f"method=static method.head={ours.kind}"
         )
     source = _read_weights(folder)
-    last = model.num_exits - 1
     mapped: dict[str, torch.Tensor] = {}
     for key, value in source.items():
         if key.startswith("heads."):
-            _, module, index, rest = key.split(".", 3)
-            target = getattr(model.heads, module)
-            mapped[f"heads.{module}.{last if len(target) > 1 else int(index)}.{rest}"] = value
+            mapped[f"heads.{model.heads.static_key(key.removeprefix('heads.'))}"] = value
         else:
             mapped[key] = value
     try:

@@ -39,8 +39,8 @@ class SubjectInfo:
 
 def describe(folder: Path) -> SubjectInfo:
     if checkpoint.is_cascade(folder):
-        meta = checkpoint.read_cascade_meta(folder)
-        last = checkpoint.read_meta(checkpoint.member_folder(folder, meta.members[-1]))
+        meta = checkpoint.CascadeMeta.load(folder)
+        last = checkpoint.read_meta(meta.members[-1].path(folder))
         return SubjectInfo(meta.task, meta.num_labels, False, len(meta.members), meta.method, last.backbone)
     m = checkpoint.read_meta(folder)
     return SubjectInfo(m.task, m.num_labels, m.lte, len(m.exit_layers), m.method, m.backbone)
@@ -165,12 +165,12 @@ class CascadeSubject(Subject):
 
     def __init__(self, folder: Path, device: torch.device) -> None:
         self.folder = folder
-        self.meta = checkpoint.read_cascade_meta(folder)
+        self.meta = checkpoint.CascadeMeta.load(folder)
         members = []
         for entry in self.meta.members:
-            member_folder = checkpoint.member_folder(folder, entry)
+            member_folder = entry.path(folder)
             model, tokenizer, meta = checkpoint.load(member_folder, device)
-            members.append(Member(entry["name"], model, tokenizer, meta.max_seq_length, member_folder))
+            members.append(Member(entry.name, model, tokenizer, meta.max_seq_length, member_folder))
         self.cascade = Cascade(members)
         self.num_labels = self.cascade.num_labels
         self.exit_names = self.cascade.names
@@ -226,7 +226,7 @@ class CascadeSubject(Subject):
         return self.cascade.adaptive(batch, rule, threshold, temperatures)
 
     def fingerprint(self) -> str:
-        return ";".join(entry["weights"] for entry in self.meta.members)
+        return ";".join(entry.weights for entry in self.meta.members)
 
 
 def open_subject(folder: Path, device: torch.device) -> Subject:

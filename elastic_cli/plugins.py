@@ -1,0 +1,37 @@
+"""Loads every plug-in before a config is composed, so that their schemas are in Hydra's ConfigStore.
+
+The package's own (methods, exit rules, head kinds, backbone families) register as their modules are
+imported. Others come from `ELASTIC_PLUGINS`, a comma-separated list of importable module names: each
+registers its classes with the registries (elastic_cli/registry.py) when imported, and a `conf/` folder
+beside it, if any, joins the config search path (its conf/method/<name>.yaml, ...).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from elastic_cli import config
+from elastic_cli.errors import UserError
+
+PLUGINS_ENV = "ELASTIC_PLUGINS"
+
+
+def register_configs() -> list[Path]:
+    """Register every schema; the conf/ folders of the outside plug-ins, for the search path."""
+    config.register_configs()
+    importlib.import_module("elastic_cli.checks")  # imports the package's registries and their plug-ins
+    folders = []
+    for name in filter(None, (n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(","))):
+        try:
+            module = importlib.import_module(name)
+        except ImportError as err:
+            raise UserError(
+                f"{PLUGINS_ENV} names {name!r}, which cannot be imported ({err}): put its folder on "
+                "PYTHONPATH or install it"
+            ) from None
+        conf = Path(module.__file__ or "").parent / "conf"
+        if conf.is_dir():
+            folders.append(conf.resolve())
+    return folders

@@ -1,0 +1,240 @@
+"""The training loop over one stage of a method: which parameters train, the optimizer, the steps, the
+evaluation of every exit on the calibration split after each epoch, the best weights so far, and the
+resumable training state written along the way.
+
+After every epoch every exit is scored on the calibration split; the weights kept are the best by mean
+exit accuracy (by the final exit's in a stage that trains only the final exit).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import signal
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+from elastic_cli import tracking
+from elastic_cli.config import TrainConfig, TrainStageConfig
+from elastic_cli.data import Encoded, batches
+from elastic_cli.errors import UserError
+from elastic_cli.methods import Method
+from elastic_cli.methods.objectives import Objective
+from elastic_cli.models.multi_exit import MultiExitModel
+from elastic_cli.stages import train_state
+from elastic_cli.stages.common import all_exit_outputs, exit_scores, progress, score_name
+
+
+def set_trainable(model: MultiExitModel, trainable: str) -> list[torch.nn.Parameter]:
+    """`all`, or `intermediate_heads`: only the heads of the exits before the last (and the LTE module);
+    the backbone, the final head and anything the exits share stay frozen (DeeBERT, FastBERT stage 2)."""
+    model.requires_grad_(trainable == "all")
+    if trainable == "intermediate_heads":
+        for e in range(model.num_exits - 1):
+            for p in model.heads.own_parameters(e):
+                p.requires_grad_(True)
+        if model.lte is not None:
+            model.lte.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def build_optimizer(
+    model: MultiExitModel, objective: Objective, lr: float, train: TrainConfig
+) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases and LayerNorm weights (as BERT fine-tuning does); the exit
+    heads may have their own lr (`train.head_lr`); learnable objective weights get their own group."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((not name.startswith("backbone."), p.ndim >= 2), []).append(p)
+    head_lr = lr * (train.head_lr / train.lr) if train.head_lr else lr
+    params: list[dict[str, Any]] = [
+        {
+            "params": ps,
+            "lr": head_lr if is_head else lr,
+            "weight_decay": train.weight_decay if decays else 0.0,
+        }
+        for (is_head, decays), ps in groups.items()
+    ]
+    own = [p for p in objective.parameters() if p.requires_grad]
+    if own:
+        params.append({"params": own, "lr": objective.lr or lr, "weight_decay": 0.0})
+    return torch.optim.AdamW(params)
+
+
+@dataclass
+class Best:
+    score: float = -1.0
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+    step: int = 0
+    stage: int = 0
+
+    def saved(self) -> dict[str, Any]:
+        return {**asdict(self), "scores": [float(x) for x in self.scores]}
+
+    @classmethod
+    def restored(cls, saved: dict[str, Any]) -> Best:
+        return cls(**{**saved, "scores": np.asarray(saved["scores"], dtype=np.float64)})
+
+
+# test hook: SIGKILL this process once it has taken that many optimizer steps, over all the models it
+# trains (the resume tests' fault)
+FAULT_ENV = "ELASTIC_FAULT_AFTER_STEPS"
+_steps_in_process = 0
+
+
+@dataclass
+class Saver:
+    """Writes the training state (stages/train_state.py) every `every` steps and at each epoch's end."""
+
+    path: Path
+    every: int
+    settings: dict[str, str]
+    member: str = ""
+
+    def save(
+        self,
+        position: train_state.Position,
+        model: MultiExitModel,
+        optimizer: torch.optim.Optimizer,
+        schedule: Any,
+        objective: Objective,
+        best: Best,
+    ) -> None:
+        state = train_state.TrainState(
+            position=position,
+            model=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            scheduler=schedule.state_dict(),
+            objective=objective.state_dict(),
+            best=best.saved(),
+            rng=train_state.rng_state(),
+            settings=self.settings,
+            run_id=tracking.active_run_id(),
+            member=self.member,
+        )
+        train_state.save(self.path, state)
+
+    @staticmethod
+    def after_step() -> None:
+        global _steps_in_process
+        _steps_in_process += 1
+        fault_after = int(os.environ.get(FAULT_ENV) or 0)
+        if fault_after and _steps_in_process >= fault_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def train_stage(
+    train: TrainConfig,
+    s: int,
+    stage: TrainStageConfig,
+    method: Method,
+    model: MultiExitModel,
+    enc_train: Encoded,
+    enc_cal: Encoded,
+    pad_id: int,
+    device: torch.device,
+    step: int,
+    best: Best,
+    *,
+    seed: int,
+    eval_batch_size: int,
+    prefix: str = "",
+    saver: Saver | None = None,
+    resume: train_state.TrainState | None = None,
+) -> tuple[Best, int]:
+    """Train stage `s` of `method` (its `stage` config) from optimizer step `step` and the best weights
+    `best` so far, from where `resume` stopped if given (a state of this stage); returns the best and
+    the step reached. `seed` orders the batches; `eval_batch_size` is the calibration evaluation's."""
+    objective = method.objective(stage, model.exit_layers).to(device)
+    set_trainable(model, stage.trainable)
+    lr = train.lr * stage.lr_scale
+    optimizer = build_optimizer(model, objective, lr, train)
+    steps_per_epoch = math.ceil(len(enc_train.labels) / train.batch_size)
+    epochs = train.epochs if stage.epochs is None else stage.epochs
+    total = train.max_steps if train.max_steps > 0 else max(1, math.ceil(epochs * steps_per_epoch))
+    schedule = get_linear_schedule_with_warmup(optimizer, int(train.warmup_ratio * total), total)
+    final_only = stage.objective == "final_only"
+    label = f"train stage {s + 1} ({stage.objective})" if len(method.stages()) > 1 else "train"
+    done, epoch, skip_batches = 0, 0, 0
+    if resume is not None:  # pick up where the interrupted run stopped, in this stage
+        objective.load_state_dict(resume.objective)
+        optimizer.load_state_dict(resume.optimizer)
+        schedule.load_state_dict(resume.scheduler)
+        done, epoch, skip_batches = resume.position.done, resume.position.epoch, resume.position.batch
+        train_state.restore_rng(resume.rng)
+
+    def save_state(epoch: int, batch: int) -> None:
+        if saver is not None:
+            position = train_state.Position(stage=s, epoch=epoch, batch=batch, done=done, step=step)
+            saver.save(position, model, optimizer, schedule, objective, best)
+
+    # ELBERT's exit weights are clipped with the model's parameters, as ELBERT clips them
+    trainable = [p for p in model.parameters() if p.requires_grad] + list(objective.parameters())
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UserError(
+            f"training stage {s + 1} ({stage.objective}, {stage.trainable}) has nothing to train: "
+            "this model has no exit heads of its own before the last (use more exits or method.head=pooler)"
+        )
+    with progress() as bar:
+        task = bar.add_task(label, total=total, info="")
+        if done:
+            bar.update(task, advance=done, info=f"resumed at step {done}")
+        while done < total:
+            model.train()
+            epoch_batches = batches(
+                enc_train, train.batch_size, pad_id=pad_id, shuffle=True, seed=seed + epoch
+            )
+            for i, batch in enumerate(itertools.islice(epoch_batches, skip_batches, None), skip_batches):
+                batch = batch.to(device)
+                out = model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+                loss = method.loss(objective, out, batch.labels, done)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, train.max_grad_norm)
+                optimizer.step()
+                schedule.step()
+                done += 1
+                step += 1
+                bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {loss.item():.4f}")
+                if done % train.log_every == 0 or done == total:
+                    tracking.log_metrics(
+                        {f"{prefix}train/loss": loss.item(), f"{prefix}train/lr": schedule.get_last_lr()[0]},
+                        step,
+                    )
+                # (the last batch of an epoch is saved at its end, after the epoch's evaluation)
+                at_end = i + 1 == steps_per_epoch or done == total
+                if saver is not None and saver.every and done % saver.every == 0 and not at_end:
+                    save_state(epoch, i + 1)
+                Saver.after_step()
+                if done >= total:
+                    break
+            skip_batches = 0
+            epoch += 1
+            scores = exit_scores(
+                all_exit_outputs(model, enc_cal, eval_batch_size, pad_id, device, "calibration"),
+                enc_cal.labels,
+            )
+            name = score_name(model.num_labels)
+            metrics = {
+                f"{prefix}calibration/exit_{name}_L{layer}": float(a)
+                for layer, a in zip(model.exit_layers, scores)
+            }
+            metrics[f"{prefix}calibration/mean_exit_{name}"] = float(scores.mean())
+            metrics.update(objective.logged(model.exit_layers))
+            tracking.log_metrics(metrics, step)
+            score = float(scores[-1] if final_only else scores.mean())
+            bar.update(task, info=f"epoch {epoch} {'final' if final_only else 'mean'} exit score {score:.4f}")
+            if score > best.score:
+                state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                best = Best(score=score, scores=np.asarray(scores), state=state, step=step, stage=s)
+            save_state(epoch, 0)
+    model.requires_grad_(True)
+    return best, step
