@@ -1,14 +1,27 @@
-"""The adapters' layer loop reproduces the Hugging Face forward, `select` compacts exactly, and the
-early-exit path built on them agrees with the exit rule applied to cached logits."""
+"""The adapters' layer loop reproduces the Hugging Face forward, `select` compacts exactly, the
+early-exit path built on them agrees with the exit rule applied to cached logits, `drop_tokens` keeps
+the kept tokens' outputs and positions, and `truncate` keeps a backbone's first layers (SWEET's
+multi-model members)."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
-from tiny_models import ATTENTION_OF_KIND, FAMILY_OF_KIND, pad_id_of, padded_batch, tiny_hf_model
+from tiny_models import (
+    ATTENTION_OF_KIND,
+    FAMILY_OF_KIND,
+    pad_id_of,
+    padded_batch,
+    random_texts,
+    tiny_hf_model,
+)
 
+from elastic_cli.config import BackboneConfig, TinyBackboneConfig
 from elastic_cli.errors import UserError
 from elastic_cli.models.adapters import BackboneAdapter, EncoderState, make_adapter
+from elastic_cli.models.loading import build_backbone
 
 CASES = [(kind, attn) for kind, impls in ATTENTION_OF_KIND.items() for attn in impls]
 LENGTHS = [9, 4, 7, 2]  # different lengths: every row but the first is padded
@@ -407,3 +420,62 @@ def test_per_example_positions_of_one_row_are_those_of_the_full_sequence(kind: s
         width = len(kept)
         expected = full[row][..., kept, :][..., kept]
         torch.testing.assert_close(packed[row][..., :width, :width], expected, atol=0, rtol=0)
+
+
+# ---------------------------------------------------------------- 4. truncation (SWEET's multi-model members)
+
+
+def _tiny(family: str, layers: int = 4) -> tuple[BackboneAdapter, object]:
+    cfg = BackboneConfig(
+        name=f"tiny-{family}",
+        family=family,
+        path="random",
+        tiny=TinyBackboneConfig(
+            num_layers=layers, hidden_size=32, num_heads=2, intermediate_size=64, vocab_size=80
+        ),
+        use_pretrained_pooler=False,
+    )
+    return build_backbone(cfg, train_texts=random_texts(100, seed=3), seed=4)
+
+
+def _hidden_after(adapter: BackboneAdapter, k: int, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    state = adapter.embed(ids, mask)
+    for i in range(k):
+        state = adapter.layer(i, state)
+    return state.hidden
+
+
+@pytest.mark.parametrize("family", ["bert", "mpnet", "distilbert", "albert", "deberta"])
+def test_truncated_backbone_keeps_the_first_layers(family: str) -> None:
+    full, tok = _tiny(family)
+    enc = tok(random_texts(5, seed=11), padding=True, return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    for k in (1, 3):
+        short = copy.deepcopy(full)
+        short.truncate(k)
+        assert short.num_layers == k and short.hf_config.num_hidden_layers == k
+        layers = short._layer_list()
+        assert layers is None or len(layers) == k
+        with torch.no_grad():
+            want = _hidden_after(full, k, ids, mask)
+            torch.testing.assert_close(_hidden_after(short, k, ids, mask), want, atol=0, rtol=0)
+            # Hugging Face's own forward of the truncated model stops after layer k too
+            hf = short.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        real = mask.bool()
+        torch.testing.assert_close(hf[real], want[real], atol=1e-5, rtol=1e-5)
+    assert full.num_layers == 4  # the original is untouched
+
+
+@pytest.mark.parametrize("k", [0, 5, -1])
+def test_truncating_out_of_range_is_a_user_error(k: int) -> None:
+    full, _ = _tiny("bert")
+    with pytest.raises(UserError, match="layers"):
+        full.truncate(k)
+    assert full.num_layers == 4
+
+
+def test_albert_with_several_layer_groups_cannot_be_truncated() -> None:
+    adapter = make_adapter("albert", tiny_hf_model("albert-groups", num_layers=4))
+    with pytest.raises(UserError, match="ALBERT"):
+        adapter.truncate(2)
+    assert adapter.num_layers == 4

@@ -1,3 +1,7 @@
+"""Temperature fitting, the threshold curve (accuracy and cost at every threshold, for a multi-exit model or
+a cascade of separately trained models), exit_indices against simulate, choosing a threshold for a target
+(accuracy within a tolerance, a speedup, a super-model fraction), and calibration.json."""
+
 import json
 import math
 import time
@@ -17,12 +21,18 @@ from elastic_cli.calibration import (
     threshold_curve,
 )
 from elastic_cli.config import ExitRuleConfig
-from elastic_cli.cost import EncoderDims, speedups
+from elastic_cli.cost import EncoderDims, ExitCosts, speedups
 from elastic_cli.errors import UserError
-from elastic_cli.exits import ExitSignals, PatienceExitConfig, simulate
+from elastic_cli.exits import EnergyExitConfig, ExitSignals, PatienceExitConfig, simulate
 from elastic_cli.metrics import pearson
 
 MAXPROB = exits.build_rule(ExitRuleConfig(name="maxprob"))
+
+
+def _energy(temperature: float = 1.0) -> exits.Energy:
+    rule = exits.build_rule(EnergyExitConfig(temperature=temperature))
+    assert isinstance(rule, exits.Energy)
+    return rule
 
 
 def sampled_logits(
@@ -127,6 +137,35 @@ def test_threshold_curve_agrees_with_simulate_and_speedups():
         assert row.gflops_per_example == pytest.approx(expected["adaptive_gflops_per_example"])
     fractions = curve[[f"exit_frac_L{layer}" for layer in exit_layers]].sum(axis=1)
     np.testing.assert_allclose(fractions, 1.0)
+
+
+def test_threshold_curve_prices_a_cascade_and_names_its_models() -> None:
+    # two models; swift scores (T = 1, equal logits): 0.5, 1.5, 2.5, 3.5; swift right on rows 0 and 2
+    swift_scores = torch.tensor([0.5, 1.5, 2.5, 3.5])
+    swift = (swift_scores - math.log(3)).unsqueeze(1).expand(-1, 3).clone()
+    swift[0, 1] += 1e-3  # a tiny margin sets the argmax without moving the score much
+    swift[2, 2] += 1e-3
+    swift[[1, 3], 2] += 1e-3
+    super_ = torch.eye(3)[[1, 0, 2, 1]] * 5.0  # super is right everywhere
+    labels = np.array([1, 0, 2, 1])
+    signals = exits.ExitSignals(torch.stack([swift, super_], dim=1))
+    d_swift = EncoderDims(num_layers=2, hidden=32, intermediate=64, heads=2, num_labels=3)
+    d_super = EncoderDims(num_layers=4, hidden=64, intermediate=128, heads=4, num_labels=3)
+    tokens = [np.array([5, 6, 7, 8]), np.array([6, 8, 7, 11])]
+    costs = ExitCosts.cascade(tokens, [d_swift, d_super])
+    thresholds = [0.0, 2.0, 3.0, 4.0]
+    curve = threshold_curve(
+        _energy(), signals, labels, [2, 6], thresholds, None, costs=costs, exit_names=["swift", "super"]
+    )
+    assert curve["super_fraction"].tolist() == [0.0, 0.5, 0.75, 1.0]
+    assert curve["exit_frac_swift"].tolist() == [1.0, 0.5, 0.25, 0.0]
+    # t = 2: rows 0, 1 go on (right at super), 2 and 3 stay (right, wrong); t = 3: only row 3 stays
+    assert curve["accuracy"].tolist() == [0.5, 0.75, 0.75, 1.0]
+    assert curve["mean_exit_layer"].tolist() == [2.0, 4.0, 5.0, 6.0]
+    for t, row in zip(thresholds, curve.itertuples(), strict=True):
+        idx = exits.simulate(_energy(), signals, t)[0].numpy()
+        assert row.flops_speedup == pytest.approx(costs.at(idx)["flops_speedup"], rel=1e-12)
+        assert row.layer_speedup == pytest.approx(4 / costs.exit_layers[idx].mean())
 
 
 def test_threshold_curve_is_fast():
@@ -238,6 +277,50 @@ def test_score_column_chooses_on_another_metric():
     assert row["threshold"] == 0.7 and row["target_met"] is True
     with pytest.raises(KeyError):
         choose_threshold(curve, "accuracy_within", reference_accuracy=0.90)  # the default reads `accuracy`
+
+
+# ---------------------------------------------------------------- a super-model fraction (cascades)
+
+
+def _super_fraction_curve() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "threshold": [0.1, 0.2, 0.25, 0.3, 0.4, 0.5],
+            "accuracy": [0.80, 0.84, 0.83, 0.86, 0.90, 0.91],
+            "layer_speedup": [3.0, 2.5, 2.6, 2.0, 1.5, 1.0],
+            "super_fraction": [0.05, 0.15, 0.20, 0.25, 0.40, 1.00],
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "target,threshold",
+    [(0.25, 0.3), (0.2, 0.2), (0.5, 0.4), (1.0, 0.5), (0.05, 0.1)],
+)
+def test_super_fraction_picks_the_most_accurate_row_within_the_target(
+    target: float, threshold: float
+) -> None:
+    row = choose_threshold(
+        _super_fraction_curve(), "super_fraction", reference_accuracy=0.91, super_fraction=target
+    )
+    assert row["threshold"] == threshold
+    assert bool(row["target_met"])
+    assert row["super_fraction"] <= target
+
+
+def test_super_fraction_ties_go_to_the_faster_row() -> None:
+    curve = _super_fraction_curve()
+    curve.loc[2, "accuracy"] = 0.86  # now equal to the 0.25-fraction row, and faster
+    row = choose_threshold(curve, "super_fraction", reference_accuracy=0.91, super_fraction=0.25)
+    assert row["threshold"] == 0.25
+
+
+def test_super_fraction_out_of_reach_gives_the_fastest_row_unmet() -> None:
+    row = choose_threshold(
+        _super_fraction_curve(), "super_fraction", reference_accuracy=0.91, super_fraction=0.01
+    )
+    assert row["threshold"] == 0.1
+    assert not row["target_met"]
 
 
 # ---------------------------------------------------------------- calibration.json

@@ -1,6 +1,8 @@
 """Checkpoint folders' files, written and read back: meta.json (CheckpointMeta) and a cascade's
 cascade.json (CascadeMeta, its CascadeMember list): round trips, files written before a field existed,
-another format, damaged files, and the cascade folder's consistency check."""
+another format, damaged files, and the cascade folder's consistency check; an early-exit model's
+checkpoint (round trip, a failed save leaves the old one whole, another format) and a truncated backbone's
+round trip."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from tiny_models import SAMPLE_TEXTS
+from tiny_models import SAMPLE_TEXTS, random_texts
 
 from elastic_cli import checkpoint, files
 from elastic_cli.config import BackboneConfig, TinyBackboneConfig
@@ -21,7 +23,7 @@ from elastic_cli.models.loading import build_backbone
 from elastic_cli.models.multi_exit import MultiExitModel
 
 
-def _tiny(family: str, layers: int = 4) -> tuple[BackboneAdapter, object]:
+def _tiny(family: str, layers: int = 4, texts: list[str] = SAMPLE_TEXTS) -> tuple[BackboneAdapter, object]:
     cfg = BackboneConfig(
         name=f"tiny-{family}",
         family=family,
@@ -31,7 +33,7 @@ def _tiny(family: str, layers: int = 4) -> tuple[BackboneAdapter, object]:
         ),
         use_pretrained_pooler=False,
     )
-    return build_backbone(cfg, train_texts=SAMPLE_TEXTS, seed=4)
+    return build_backbone(cfg, train_texts=texts, seed=4)
 
 
 def _meta(model: MultiExitModel, family: str) -> checkpoint.CheckpointMeta:
@@ -272,3 +274,122 @@ def test_truncated_cascade_json_is_one_line(one_member_cascade: Path) -> None:
     with pytest.raises(UserError) as caught:
         checkpoint.read_cascade_meta(one_member_cascade)
     assert "\n" not in str(caught.value) and str(path) in str(caught.value)
+
+
+# ---------------------------------------------------------------- an early-exit model's checkpoint
+
+REVIEW_WORDS = "good great fine bad awful poor the a movie film plot actor was is very not quite".split()
+
+
+def _review_texts(n: int, seed: int = 0) -> list[str]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        k = int(torch.randint(2, 14, (1,), generator=g))
+        out.append(
+            " ".join(REVIEW_WORDS[int(i)] for i in torch.randint(0, len(REVIEW_WORDS), (k,), generator=g))
+        )
+    return out
+
+
+def _early_exit_model() -> tuple[MultiExitModel, object]:
+    """A tiny 4-layer BERT with an exit after every layer, its random heads' confidences spread."""
+    torch.manual_seed(0)
+    cfg = BackboneConfig(
+        name="tiny-bert",
+        family="bert",
+        path="random",
+        tiny=TinyBackboneConfig(
+            num_layers=4, hidden_size=32, num_heads=2, intermediate_size=64, vocab_size=200
+        ),
+        use_pretrained_pooler=False,
+    )
+    backbone, tok = build_backbone(cfg, train_texts=_review_texts(300), seed=0)
+    model = MultiExitModel(backbone, [1, 2, 3, 4], num_labels=3, use_pretrained_pooler=False)
+    with torch.no_grad():  # random heads are near-uniform: spread their confidences so exits differ
+        for name, p in model.heads.named_parameters():
+            if "classifier" in name and name.endswith("weight"):
+                p.mul_(40.0)
+    return model.eval(), tok
+
+
+def _batch(tok, texts):
+    enc = tok(texts, padding=True, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids")
+
+
+def _early_exit_meta(model: MultiExitModel) -> checkpoint.CheckpointMeta:
+    return checkpoint.CheckpointMeta(
+        method="early_exit",
+        backbone="tiny-bert",
+        family="bert",
+        task="sst2",
+        seed=0,
+        exit_layers=model.exit_layers,
+        num_labels=3,
+        label_names=["a", "b", "c"],
+        pooling="cls",
+        max_seq_length=32,
+        format=checkpoint.FORMAT,
+    )
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model, tok = _early_exit_model()
+    folder = tmp_path / "ckpt"
+    checkpoint.save(folder, model, tok, OmegaConf.create({"seed": 0}), _early_exit_meta(model))
+    loaded, tok2, meta = checkpoint.load(folder, torch.device("cpu"))
+    ids, mask, types = _batch(tok2, _review_texts(5, seed=4))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids, mask, types).logits, model(ids, mask, types).logits)
+    assert meta.exit_layers == [1, 2, 3, 4]
+    assert (folder / "config.yaml").is_file()
+
+
+def test_failed_save_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch):
+    model, tok = _early_exit_model()
+    folder = tmp_path / "ckpt"
+    checkpoint.save(folder, model, tok, OmegaConf.create({"v": 1}), _early_exit_meta(model))
+    before = (folder / checkpoint.WEIGHTS).read_bytes()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(checkpoint, "save_backbone_files", boom)
+    with torch.no_grad():
+        model.heads.classifiers[0].bias.add_(1.0)
+    with pytest.raises(RuntimeError, match="disk full"):
+        checkpoint.save(folder, model, tok, OmegaConf.create({"v": 2}), _early_exit_meta(model))
+    assert (folder / checkpoint.WEIGHTS).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary folder left behind
+
+
+def test_a_checkpoint_of_another_format_is_a_user_error(tmp_path):
+    model, tok = _early_exit_model()
+    folder = tmp_path / "ckpt"
+    checkpoint.save(folder, model, tok, OmegaConf.create({}), _early_exit_meta(model))
+    meta = json.loads((folder / checkpoint.META).read_text())
+    meta.pop("format")
+    (folder / checkpoint.META).write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="re-run `elastic train`"):
+        checkpoint.load(folder, torch.device("cpu"))
+
+
+# ---------------------------------------------------------------- a truncated backbone (SWEET's multi-model members)
+
+
+@pytest.mark.parametrize("family", ["bert", "mpnet"])
+def test_truncated_model_round_trips_through_a_checkpoint(tmp_path: Path, family: str) -> None:
+    backbone, tok = _tiny(family, texts=random_texts(100, seed=3))
+    backbone.truncate(2)
+    torch.manual_seed(0)
+    model = MultiExitModel(backbone, [2], num_labels=3, use_pretrained_pooler=False).eval()
+    checkpoint.save(tmp_path / "m", model, tok, OmegaConf.create({}), _meta(model, family))
+    loaded, tok2, meta = checkpoint.load(tmp_path / "m", torch.device("cpu"))
+    assert loaded.backbone.num_layers == 2
+    assert len(loaded.backbone._layer_list()) == 2
+    assert meta.exit_layers == [2]
+    enc = tok2(random_texts(4, seed=12), padding=True, return_tensors="pt")
+    args = (enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.static_forward(*args), model.static_forward(*args))

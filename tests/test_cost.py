@@ -1,3 +1,7 @@
+"""FLOP counts (by hand, against AdapLeR's fitted BERT-base formula and against torch's own counter), the
+speedups of an adaptive run, and ExitCosts: what a cascade of separately trained models pays at each exit
+(every model run at its own token count) against a multi-exit model's shared layers."""
+
 from types import SimpleNamespace
 
 import numpy as np
@@ -8,6 +12,7 @@ from transformers import BertConfig, BertModel
 
 from elastic_cli.cost import (
     EncoderDims,
+    ExitCosts,
     example_flops,
     head_flops,
     layer_flops,
@@ -157,3 +162,82 @@ def test_deberta_disentangled_attention_matches_torchs_flop_counter():
         num_layers=2, hidden=d.hidden, intermediate=d.intermediate, heads=d.heads, num_labels=2
     )
     assert layer_flops(np.array([n]), d)[0] > layer_flops(np.array([n]), plain)[0]
+
+
+# ---------------------------------------------------------------- cascades (ExitCosts)
+
+DIMS_3 = [
+    EncoderDims(num_layers=2, hidden=32, intermediate=64, heads=2, num_labels=3),
+    EncoderDims(num_layers=4, hidden=48, intermediate=96, heads=4, num_labels=3),
+    EncoderDims(num_layers=6, hidden=64, intermediate=128, heads=4, num_labels=3),
+]
+# the same four examples under three tokenizers: lengths differ per member
+TOKENS_3 = [np.array([5, 9, 12, 7]), np.array([6, 11, 15, 7]), np.array([4, 8, 10, 9])]
+
+
+def _own(member: int, example: int) -> float:
+    """One member's static FLOPs on one example at that member's own length."""
+    n = np.array([TOKENS_3[member][example]], dtype=np.float64)
+    return float(static_flops(n, DIMS_3[member])[0])
+
+
+def test_cascade_costs_pay_every_model_run_at_its_own_length() -> None:
+    costs = ExitCosts.cascade(TOKENS_3, DIMS_3)
+    exit_index = np.array([0, 1, 2, 1])
+    expected = np.array([sum(_own(j, n) for j in range(k + 1)) for n, k in enumerate(exit_index)])
+    np.testing.assert_allclose(costs.exit_flops[np.arange(4), exit_index], expected, rtol=1e-12)
+    # every exit of every example, not only the ones taken
+    for n in range(4):
+        np.testing.assert_allclose(costs.exit_flops[n], np.cumsum([_own(j, n) for j in range(3)]), rtol=1e-12)
+    # the reference is the last model alone at its own lengths
+    reference = np.array([_own(2, n) for n in range(4)])
+    np.testing.assert_allclose(costs.reference_flops, reference, rtol=1e-12)
+    assert costs.exit_layers.tolist() == [2, 6, 12]
+    assert costs.reference_layers == 6
+    out = costs.at(exit_index)
+    assert out["flops_speedup"] == pytest.approx(reference.sum() / expected.sum(), rel=1e-12)
+    assert out["mean_layers"] == pytest.approx((2 + 6 + 12 + 6) / 4)
+    assert out["layer_speedup"] == pytest.approx(6 / ((2 + 6 + 12 + 6) / 4))
+    assert out["adaptive_gflops_per_example"] == pytest.approx(expected.mean() / 1e9)
+    # everything at the last model costs more than the last model alone
+    assert costs.at(np.full(4, 2))["flops_speedup"] < 1.0
+
+
+def test_cascade_costs_refuse_mismatched_members() -> None:
+    with pytest.raises(ValueError):
+        ExitCosts.cascade(TOKENS_3[:2], DIMS_3)
+    with pytest.raises(ValueError):
+        ExitCosts.cascade([], [])
+
+
+def test_sweet_multi_model_counts_cumulative_layers() -> None:
+    # SWEET's MM baseline: models of 1, 4, 6, 12 layers of BERT-base, all reading the same tokens
+    dims = [
+        EncoderDims(num_layers=k, hidden=768, intermediate=3072, heads=12, num_labels=3)
+        for k in (1, 4, 6, 12)
+    ]
+    tokens = [np.array([20, 40, 60])] * 4
+    costs = ExitCosts.cascade(tokens, dims)
+    assert costs.exit_layers.tolist() == [1, 5, 11, 23]
+    at_second = costs.at(np.array([1, 1, 1]))
+    assert at_second["mean_layers"] == 5.0  # 1 + 4: nothing of the first model is reused
+    assert at_second["layer_speedup"] == pytest.approx(12 / 5)
+    # every example at the last model ran 23 layers: slower than BERT-base alone (SWEET's MM evaluation
+    # counted these as 12)
+    at_last = costs.at(np.array([3, 3, 3]))
+    assert at_last["mean_layers"] == 23.0
+    assert at_last["layer_speedup"] == pytest.approx(12 / 23)
+    assert at_last["flops_speedup"] < 1.0
+    assert costs.at(np.array([0, 0, 0]))["layer_speedup"] == 12.0
+
+
+def test_multi_exit_costs_agree_with_speedups() -> None:
+    d = EncoderDims(num_layers=4, hidden=32, intermediate=64, heads=2, num_labels=3)
+    tokens = np.array([5, 17, 9, 30, 12])
+    exit_layers = [1, 2, 4]
+    exit_index = np.array([0, 2, 1, 2, 0])
+    got = ExitCosts.multi_exit(tokens, exit_layers, d).at(exit_index)
+    want = speedups(tokens, np.asarray(exit_layers)[exit_index], exit_index + 1, d)
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key] == pytest.approx(want[key], rel=1e-12), key

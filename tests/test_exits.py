@@ -1,5 +1,6 @@
-"""Exit rules on hand-made outputs whose exits are known, ELBERT against its original binary algorithm, and
-the contract every registered rule keeps (causal, a [T, 1, 1] threshold tensor, a grid inside its range)."""
+"""Exit rules on hand-made outputs whose exits are known, ELBERT against its original binary algorithm,
+E-LANG's energy router (its score, its swift/super decisions and its threshold grid), and the contract
+every registered rule keeps (causal, a [T, 1, 1] threshold tensor, a grid inside its range)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import math
 import pytest
 import torch
 
-from elastic_cli import exits
+from elastic_cli import calibration, exits
 from elastic_cli.config import ExitRuleConfig
 from elastic_cli.errors import UserError
-from elastic_cli.exits import ElbertExitConfig, ExitSignals, PatienceExitConfig
+from elastic_cli.exits import ElbertExitConfig, EnergyExitConfig, ExitSignals, PatienceExitConfig
 
 MAXPROB = exits.build_rule(ExitRuleConfig(name="maxprob"))
 
@@ -298,6 +299,114 @@ def test_lte_grid_follows_scores_bunched_in_a_narrow_band():
     assert float(at_first.diff().max()) < 0.08
     # without the scores (no data to place it on) the grid is the fixed one
     assert rule.grid(2, 4, 51).tolist() == (torch.linspace(0.0, 1.0, 51, dtype=torch.float64) ** 2).tolist()
+
+
+# ---------------------------------------------------------------- energy (E-LANG's swift/super router)
+
+
+def _energy(temperature: float = 1.0) -> exits.Energy:
+    rule = exits.build_rule(EnergyExitConfig(temperature=temperature))
+    assert isinstance(rule, exits.Energy)
+    return rule
+
+
+def test_energy_score_is_t_logsumexp_z_over_t() -> None:
+    # logits whose logsumexp is known in closed form: log(1 + 2 + 3) = log 6
+    z = torch.tensor([[math.log(1.0), math.log(2.0), math.log(3.0)], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(_energy(1.0).score(z), torch.tensor([math.log(6.0), math.log(3.0)]).double())
+    # T = 2: 2 log(sum exp(z / 2)) = 2 log(1 + sqrt 2 + sqrt 3), and 2 log 3 for equal logits
+    expected_t2 = torch.tensor([2 * math.log(1 + math.sqrt(2) + math.sqrt(3)), 2 * math.log(3.0)]).double()
+    torch.testing.assert_close(_energy(2.0).score(z), expected_t2)
+    # a plain rule config (no YAML) takes E-LANG's default T = 1
+    plain = exits.build_rule(ExitRuleConfig(name="energy"))
+    torch.testing.assert_close(
+        plain.decide(exits.ExitSignals(z[:, None]), 1.5)[:, 0], torch.tensor([True, False])
+    )
+
+
+def test_energy_routes_e_langs_examples() -> None:
+    # E-LANG's README threshold 1.31 on 2-class logits: confident (+3, -3) stays with the swift model,
+    # near-uniform (0.1, -0.1) goes on to the super model
+    swift = torch.tensor([[3.0, -3.0], [0.1, -0.1]])
+    rule = _energy(1.0)
+    s = rule.score(swift)
+    assert s[0].item() == pytest.approx(3.0 + math.log1p(math.exp(-6.0)), abs=1e-6)  # ~3.0025
+    assert s[1].item() == pytest.approx(math.log(2 * math.cosh(0.1)), abs=1e-6)  # ~0.698
+    assert s[0].item() == pytest.approx(3.0025, abs=1e-4)
+    assert s[1].item() == pytest.approx(0.6981, abs=1e-4)
+    # with T = 2 the confident score is 3 + 2 log(1 + e^-3)
+    assert _energy(2.0).score(swift)[0].item() == pytest.approx(
+        3.0 + 2 * math.log1p(math.exp(-3.0)), abs=1e-6
+    )
+    signals = exits.ExitSignals(torch.stack([swift, torch.zeros(2, 2)], dim=1))  # [N, 2 models, C]
+    idx, chosen = exits.simulate(rule, signals, 1.31)
+    assert idx.tolist() == [0, 1]  # swift keeps the first, super takes the second
+    torch.testing.assert_close(chosen, torch.tensor([[3.0, -3.0], [0.0, 0.0]]))
+
+
+def test_energy_decisions_and_swift_super_split() -> None:
+    # scores 0.5, 1.0, ..., 3.0 by construction: equal logits c give s = c + log C (T = 1)
+    c = 2
+    targets = torch.tensor([0.5, 1.0, 1.5, 2.0, 2.5, 3.0])
+    swift = (targets - math.log(c)).unsqueeze(1).expand(-1, c).clone()
+    signals = exits.ExitSignals(torch.stack([swift, swift + 10.0], dim=1))
+    rule = _energy(1.0)
+    torch.testing.assert_close(rule.score(swift), targets)
+    for t, n_super in [(0.0, 0), (0.75, 1), (1.75, 3), (2.9, 5), (3.5, 6)]:
+        stay = exits.decisions(rule, signals, t)[:, 0]
+        assert stay.tolist() == (targets >= t).tolist()  # go on iff s < t
+        idx, _ = exits.simulate(rule, signals, t)
+        assert int((idx == 1).sum()) == n_super, t
+    # a score exactly at the threshold stays (s >= t)
+    s0 = float(rule.score(swift)[2])
+    assert bool(exits.decisions(rule, signals, s0)[2, 0])
+    # with T = 2 equal logits c score 2 log(C e^{c/2}) = c + 2 log C: log C above the T = 1 score
+    rule2 = _energy(2.0)
+    torch.testing.assert_close(rule2.score(swift), targets + math.log(c))
+    idx2, _ = exits.simulate(rule2, signals, 1.75)
+    assert int((idx2 == 1).sum()) == 2  # only s + log 2 < 1.75, i.e. s in {0.5, 1.0}
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0])
+def test_energy_refuses_a_non_positive_temperature(temperature: float) -> None:
+    with pytest.raises(UserError, match="temperature"):
+        exits.build_rule(EnergyExitConfig(temperature=temperature))
+
+
+def _energy_grid_case(seed: int) -> tuple[exits.Energy, exits.ExitSignals, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(40, 3, 4, generator=g) * 3.0  # float32, as cached logits are
+    logits[:, -1] += 100.0  # the last model never decides: its scores must not set the grid
+    signals = exits.ExitSignals(logits)
+    rule = _energy(1.5)
+    return rule, signals, rule.grid(4, 3, 25, signals)
+
+
+def test_energy_grid_is_ascending_and_ends_with_all_go_on() -> None:
+    rule, signals, grid = _energy_grid_case(0)
+    assert grid.dtype == torch.float64
+    assert torch.all(grid[1:] > grid[:-1])  # strictly ascending
+    assert len(grid) <= 25
+    assert float(grid[-1]) < 50.0  # placed on the first two models' scores only
+    last, _ = exits.simulate(rule, signals, float(grid[-1]))
+    assert last.tolist() == [2] * 40  # every example goes on to the last model
+    # a larger threshold only sends more examples on, and the grid walks through them
+    mean_exit = [float(exits.simulate(rule, signals, float(t))[0].double().mean()) for t in grid]
+    assert all(a <= b for a, b in zip(mean_exit, mean_exit[1:], strict=False))
+    assert len(set(mean_exit)) > 5
+    assert mean_exit[1] < 0.1  # the low end keeps (nearly) everything at the first model
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_energy_grid_first_point_keeps_every_example_at_the_first_model(seed: int) -> None:
+    # the lowest point is the lowest score as `decide` computes it (in the logits' dtype): computed in
+    # float64 it sat an ulp above the float32 score of that example and sent it on (seed 0)
+    rule, signals, grid = _energy_grid_case(seed)
+    first, _ = exits.simulate(rule, signals, float(grid[0]))
+    assert first.tolist() == [0] * 40
+    # the calibration path (all thresholds at once, in the logits' dtype) must agree
+    idx = calibration.exit_indices(rule, signals, [float(grid[0])], None)
+    assert idx[0].tolist() == [0] * 40
 
 
 def test_check_applicable():

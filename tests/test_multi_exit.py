@@ -1,12 +1,12 @@
-"""The adaptive (early-exit) path equals the rule applied to cached all-exits logits; checkpoints
-round-trip and are written atomically."""
+"""The adaptive (early-exit) path equals the rule applied to cached all-exits logits, batched and at batch
+size 1; the static forward is the last exit (a multi-exit model's checkpoints: test_checkpoint.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from elastic_cli import checkpoint, exits
+from elastic_cli import exits
 from elastic_cli.config import BackboneConfig, ExitRuleConfig, TinyBackboneConfig
 from elastic_cli.models.heads import HeadSpec
 from elastic_cli.models.loading import build_backbone
@@ -117,70 +117,3 @@ def test_threshold_one_never_exits_early_and_lowest_always_exits_first():
     with torch.no_grad():
         assert model.adaptive(ids, mask, types, rule, 1.0 + 1e-9).exit_index.tolist() == [3] * 10
         assert model.adaptive(ids, mask, types, rule, 0.0).exit_index.tolist() == [0] * 10
-
-
-def _meta(model) -> checkpoint.CheckpointMeta:
-    return checkpoint.CheckpointMeta(
-        method="early_exit",
-        backbone="tiny-bert",
-        family="bert",
-        task="sst2",
-        seed=0,
-        exit_layers=model.exit_layers,
-        num_labels=3,
-        label_names=["a", "b", "c"],
-        pooling="cls",
-        max_seq_length=32,
-        format=checkpoint.FORMAT,
-    )
-
-
-def test_checkpoint_round_trip(tmp_path):
-    from omegaconf import OmegaConf
-
-    model, tok = _model("bert")
-    folder = tmp_path / "ckpt"
-    checkpoint.save(folder, model, tok, OmegaConf.create({"seed": 0}), _meta(model))
-    loaded, tok2, meta = checkpoint.load(folder, torch.device("cpu"))
-    ids, mask, types = _batch(tok2, _texts(5, seed=4))
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(ids, mask, types).logits, model(ids, mask, types).logits)
-    assert meta.exit_layers == [1, 2, 3, 4]
-    assert (folder / "config.yaml").is_file()
-
-
-def test_failed_save_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch):
-    from omegaconf import OmegaConf
-
-    model, tok = _model("bert")
-    folder = tmp_path / "ckpt"
-    checkpoint.save(folder, model, tok, OmegaConf.create({"v": 1}), _meta(model))
-    before = (folder / checkpoint.WEIGHTS).read_bytes()
-
-    def boom(*args, **kwargs):
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(checkpoint, "save_backbone_files", boom)
-    with torch.no_grad():
-        model.heads.classifiers[0].bias.add_(1.0)
-    with pytest.raises(RuntimeError, match="disk full"):
-        checkpoint.save(folder, model, tok, OmegaConf.create({"v": 2}), _meta(model))
-    assert (folder / checkpoint.WEIGHTS).read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary folder left behind
-
-
-def test_a_checkpoint_of_another_format_is_a_user_error(tmp_path):
-    import json
-
-    from omegaconf import OmegaConf
-
-    from elastic_cli.errors import UserError
-
-    model, tok = _model("bert")
-    folder = tmp_path / "ckpt"
-    checkpoint.save(folder, model, tok, OmegaConf.create({}), _meta(model))
-    meta = json.loads((folder / checkpoint.META).read_text())
-    meta.pop("format")
-    (folder / checkpoint.META).write_text(json.dumps(meta))
-    with pytest.raises(UserError, match="re-run `elastic train`"):
-        checkpoint.load(folder, torch.device("cpu"))

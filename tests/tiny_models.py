@@ -1,6 +1,7 @@
 """Tiny random Hugging Face encoders and WordPiece tokenizers, built without any hub access.
 
-Import from tests: `from tiny_models import tiny_hf_model, tiny_backbone_config, SAMPLE_TEXTS, ...`.
+Import from tests: `from tiny_models import tiny_hf_model, tiny_backbone_config, SAMPLE_TEXTS, ...`;
+`random_texts` gives seeded texts of made-up words to train a tokenizer on.
 """
 
 from __future__ import annotations
@@ -37,6 +38,30 @@ SAMPLE_TEXTS = [
     "an honest, moving story about two brothers",
     "boring boring boring",
 ]
+
+# made-up words of one to three syllables (seeded): texts of them that `build_backbone` trains a tokenizer on
+SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "ta", "zo", "pe", "ti", "mo", "nu", "re"]
+
+
+def _words(n: int, seed: int) -> list[str]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        "".join(SYLLABLES[int(i)] for i in torch.randint(0, len(SYLLABLES), (int(k),), generator=g))
+        for k in torch.randint(1, 4, (n,), generator=g)
+    ]
+
+
+VOCAB_WORDS = _words(60, seed=0)
+
+
+def random_texts(n: int, seed: int) -> list[str]:
+    """`n` texts of 2 to 11 words of VOCAB_WORDS (60 made-up words), the same for the same seed."""
+    g = torch.Generator().manual_seed(seed)
+    return [
+        " ".join(VOCAB_WORDS[int(i)] for i in torch.randint(0, len(VOCAB_WORDS), (int(k),), generator=g))
+        for k in torch.randint(2, 12, (n,), generator=g)
+    ]
+
 
 # which adapter family runs each kind of tiny model (see tiny_hf_model for what each kind exercises)
 FAMILY_OF_KIND = {"bert": "bert", "roberta": "bert", "electra": "bert", "mpnet": "mpnet",
