@@ -413,3 +413,21 @@ def test_a_bad_label_on_the_command_line_names_the_file_and_line(tmp_path: Path)
         f"error: {data / 'train.tsv'} line 4: label '3' in column label is outside the class ids 0..1 "
         "(task.num_labels=2); fix the file or task.num_labels"
     )
+
+
+def test_every_plugin_range_names_a_field_of_its_schema():
+    """A plug-in schema's RANGES rows (a method's, an exit rule's) must name its own fields."""
+    from dataclasses import fields
+
+    from elastic_cli.config import TinyBackboneConfig
+    from elastic_cli.exits import RULES
+    from elastic_cli.methods import METHODS
+
+    schemas = {cls.schema for _, cls in [*METHODS.items(), *RULES.items()]} | {TinyBackboneConfig}
+    assert {"ElbertConfig", "FastbertConfig", "PatienceExitConfig", "EnergyExitConfig"} <= {
+        s.__name__ for s in schemas
+    }
+    for schema in schemas:
+        names = {f.name for f in fields(schema)}
+        for key, _, _ in schema.RANGES:
+            assert key in names, (schema.__name__, key)
