@@ -15,13 +15,12 @@ from tiny_models import (
     pad_id_of,
     padded_batch,
     random_texts,
+    tiny_backbone,
     tiny_hf_model,
 )
 
-from elastic_cli.config import BackboneConfig, TinyBackboneConfig
 from elastic_cli.errors import UserError
 from elastic_cli.models.adapters import BackboneAdapter, EncoderState, make_adapter
-from elastic_cli.models.loading import build_backbone
 
 CASES = [(kind, attn) for kind, impls in ATTENTION_OF_KIND.items() for attn in impls]
 LENGTHS = [9, 4, 7, 2]  # different lengths: every row but the first is padded
@@ -425,19 +424,6 @@ def test_per_example_positions_of_one_row_are_those_of_the_full_sequence(kind: s
 # ---------------------------------------------------------------- 4. truncation (SWEET's multi-model members)
 
 
-def _tiny(family: str, layers: int = 4) -> tuple[BackboneAdapter, object]:
-    cfg = BackboneConfig(
-        name=f"tiny-{family}",
-        family=family,
-        path="random",
-        tiny=TinyBackboneConfig(
-            num_layers=layers, hidden_size=32, num_heads=2, intermediate_size=64, vocab_size=80
-        ),
-        use_pretrained_pooler=False,
-    )
-    return build_backbone(cfg, train_texts=random_texts(100, seed=3), seed=4)
-
-
 def _hidden_after(adapter: BackboneAdapter, k: int, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     state = adapter.embed(ids, mask)
     for i in range(k):
@@ -447,7 +433,7 @@ def _hidden_after(adapter: BackboneAdapter, k: int, ids: torch.Tensor, mask: tor
 
 @pytest.mark.parametrize("family", ["bert", "mpnet", "distilbert", "albert", "deberta"])
 def test_truncated_backbone_keeps_the_first_layers(family: str) -> None:
-    full, tok = _tiny(family)
+    full, tok = tiny_backbone(family, 4, random_texts(100, seed=3))
     enc = tok(random_texts(5, seed=11), padding=True, return_tensors="pt")
     ids, mask = enc["input_ids"], enc["attention_mask"]
     for k in (1, 3):
@@ -468,7 +454,7 @@ def test_truncated_backbone_keeps_the_first_layers(family: str) -> None:
 
 @pytest.mark.parametrize("k", [0, 5, -1])
 def test_truncating_out_of_range_is_a_user_error(k: int) -> None:
-    full, _ = _tiny("bert")
+    full, _ = tiny_backbone("bert", 4, random_texts(100, seed=3))
     with pytest.raises(UserError, match="layers"):
         full.truncate(k)
     assert full.num_layers == 4

@@ -13,27 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from tiny_models import SAMPLE_TEXTS, random_texts
+from test_multi_exit import _batch, _model, _texts
+from tiny_models import SAMPLE_TEXTS, random_texts, tiny_backbone
 
 from elastic_cli import checkpoint, files
-from elastic_cli.config import BackboneConfig, TinyBackboneConfig
 from elastic_cli.errors import UserError
-from elastic_cli.models.adapters import BackboneAdapter
-from elastic_cli.models.loading import build_backbone
 from elastic_cli.models.multi_exit import MultiExitModel
-
-
-def _tiny(family: str, layers: int = 4, texts: list[str] = SAMPLE_TEXTS) -> tuple[BackboneAdapter, object]:
-    cfg = BackboneConfig(
-        name=f"tiny-{family}",
-        family=family,
-        path="random",
-        tiny=TinyBackboneConfig(
-            num_layers=layers, hidden_size=32, num_heads=2, intermediate_size=64, vocab_size=80
-        ),
-        use_pretrained_pooler=False,
-    )
-    return build_backbone(cfg, train_texts=texts, seed=4)
 
 
 def _meta(model: MultiExitModel, family: str) -> checkpoint.CheckpointMeta:
@@ -53,7 +38,7 @@ def _meta(model: MultiExitModel, family: str) -> checkpoint.CheckpointMeta:
 
 
 def _save_member(folder: Path, layers: int, seed: int) -> MultiExitModel:
-    backbone, tok = _tiny("bert", layers)
+    backbone, tok = tiny_backbone("bert", layers, SAMPLE_TEXTS)
     torch.manual_seed(seed)
     model = MultiExitModel(backbone, [layers], num_labels=3, use_pretrained_pooler=False).eval()
     checkpoint.save(folder, model, tok, OmegaConf.create({}), _meta(model, "bert"))
@@ -75,7 +60,7 @@ def _edit_json(path: Path, **changes: object) -> None:
 
 def test_checkpoint_meta_round_trips(tmp_path: Path) -> None:
     folder = tmp_path / "m"
-    backbone, tok = _tiny("bert", 2)
+    backbone, tok = tiny_backbone("bert", 2, SAMPLE_TEXTS)
     torch.manual_seed(0)
     model = MultiExitModel(backbone, [1, 2], num_labels=3, use_pretrained_pooler=False).eval()
     meta = _meta(model, "bert")
@@ -278,45 +263,6 @@ def test_truncated_cascade_json_is_one_line(one_member_cascade: Path) -> None:
 
 # ---------------------------------------------------------------- an early-exit model's checkpoint
 
-REVIEW_WORDS = "good great fine bad awful poor the a movie film plot actor was is very not quite".split()
-
-
-def _review_texts(n: int, seed: int = 0) -> list[str]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        k = int(torch.randint(2, 14, (1,), generator=g))
-        out.append(
-            " ".join(REVIEW_WORDS[int(i)] for i in torch.randint(0, len(REVIEW_WORDS), (k,), generator=g))
-        )
-    return out
-
-
-def _early_exit_model() -> tuple[MultiExitModel, object]:
-    """A tiny 4-layer BERT with an exit after every layer, its random heads' confidences spread."""
-    torch.manual_seed(0)
-    cfg = BackboneConfig(
-        name="tiny-bert",
-        family="bert",
-        path="random",
-        tiny=TinyBackboneConfig(
-            num_layers=4, hidden_size=32, num_heads=2, intermediate_size=64, vocab_size=200
-        ),
-        use_pretrained_pooler=False,
-    )
-    backbone, tok = build_backbone(cfg, train_texts=_review_texts(300), seed=0)
-    model = MultiExitModel(backbone, [1, 2, 3, 4], num_labels=3, use_pretrained_pooler=False)
-    with torch.no_grad():  # random heads are near-uniform: spread their confidences so exits differ
-        for name, p in model.heads.named_parameters():
-            if "classifier" in name and name.endswith("weight"):
-                p.mul_(40.0)
-    return model.eval(), tok
-
-
-def _batch(tok, texts):
-    enc = tok(texts, padding=True, return_tensors="pt")
-    return enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids")
-
 
 def _early_exit_meta(model: MultiExitModel) -> checkpoint.CheckpointMeta:
     return checkpoint.CheckpointMeta(
@@ -335,11 +281,11 @@ def _early_exit_meta(model: MultiExitModel) -> checkpoint.CheckpointMeta:
 
 
 def test_checkpoint_round_trip(tmp_path):
-    model, tok = _early_exit_model()
+    model, tok = _model("bert")
     folder = tmp_path / "ckpt"
     checkpoint.save(folder, model, tok, OmegaConf.create({"seed": 0}), _early_exit_meta(model))
     loaded, tok2, meta = checkpoint.load(folder, torch.device("cpu"))
-    ids, mask, types = _batch(tok2, _review_texts(5, seed=4))
+    ids, mask, types = _batch(tok2, _texts(5, seed=4))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids, mask, types).logits, model(ids, mask, types).logits)
     assert meta.exit_layers == [1, 2, 3, 4]
@@ -347,7 +293,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def test_failed_save_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch):
-    model, tok = _early_exit_model()
+    model, tok = _model("bert")
     folder = tmp_path / "ckpt"
     checkpoint.save(folder, model, tok, OmegaConf.create({"v": 1}), _early_exit_meta(model))
     before = (folder / checkpoint.WEIGHTS).read_bytes()
@@ -365,7 +311,7 @@ def test_failed_save_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch):
 
 
 def test_a_checkpoint_of_another_format_is_a_user_error(tmp_path):
-    model, tok = _early_exit_model()
+    model, tok = _model("bert")
     folder = tmp_path / "ckpt"
     checkpoint.save(folder, model, tok, OmegaConf.create({}), _early_exit_meta(model))
     meta = json.loads((folder / checkpoint.META).read_text())
@@ -380,7 +326,7 @@ def test_a_checkpoint_of_another_format_is_a_user_error(tmp_path):
 
 @pytest.mark.parametrize("family", ["bert", "mpnet"])
 def test_truncated_model_round_trips_through_a_checkpoint(tmp_path: Path, family: str) -> None:
-    backbone, tok = _tiny(family, texts=random_texts(100, seed=3))
+    backbone, tok = tiny_backbone(family, 4, random_texts(100, seed=3))
     backbone.truncate(2)
     torch.manual_seed(0)
     model = MultiExitModel(backbone, [2], num_labels=3, use_pretrained_pooler=False).eval()

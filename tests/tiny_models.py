@@ -6,6 +6,8 @@ Import from tests: `from tiny_models import tiny_hf_model, tiny_backbone_config,
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers import (
     AlbertConfig,
@@ -201,3 +203,19 @@ def tiny_backbone_config(family: str = "bert", **dims: int) -> BackboneConfig:
 def tiny_tokenizer(texts: list[str] | None = None, family: str = "bert", vocab_size: int = 200):
     """A WordPiece tokenizer trained on `texts` (default SAMPLE_TEXTS), the one build_backbone makes."""
     return train_wordpiece_tokenizer(texts or SAMPLE_TEXTS, vocab_size, family)
+
+
+def tiny_backbone(family: str, layers: int, texts: list[str]) -> tuple[Any, Any]:
+    """A tiny random backbone adapter of `family` and its tokenizer learned on `texts`."""
+    from elastic_cli.models.loading import build_backbone
+
+    cfg = BackboneConfig(
+        name=f"tiny-{family}",
+        family=family,
+        path="random",
+        tiny=TinyBackboneConfig(
+            num_layers=layers, hidden_size=32, num_heads=2, intermediate_size=64, vocab_size=80
+        ),
+        use_pretrained_pooler=False,
+    )
+    return build_backbone(cfg, train_texts=texts, seed=4)
