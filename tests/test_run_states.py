@@ -425,7 +425,7 @@ import sys, time
 from omegaconf import OmegaConf
 from elastic_cli import tracking
 from elastic_cli.config import RootConfig
-raw = OmegaConf.create({OmegaConf.to_container(make_config(store, task)[1])!r})
+raw = OmegaConf.create({OmegaConf.to_container(make_config(store, task)[1], enum_to_str=True)!r})
 raw = OmegaConf.merge(OmegaConf.structured(RootConfig), raw)
 with tracking.stage_run(OmegaConf.to_object(raw), raw, checkpoint={str(ckpt)!r}) as run:
     print(run.info.run_id, flush=True)
