@@ -30,9 +30,13 @@ def to_root(cfg: DictConfig) -> RootConfig:
 
 def check(cfg: RootConfig) -> None:
     FAMILIES.get(cfg.backbone.family)
-    HEADS.get(cfg.method.head)
-    METHODS.get(cfg.method.name)
+    head = HEADS.get(cfg.method.head)
+    method = METHODS.get(cfg.method.name)
     validate(cfg)
+    # the head the method builds from its settings (FastBERT's width must split into its attention heads)
+    problem = head.spec_problem(method(cfg.method).head_spec(cfg.backbone))
+    if problem is not None:
+        raise UserError(f"method.head={cfg.method.head}: {problem}")
     for stage in cfg.method.stages or [TrainStageConfig(objective=cfg.method.objective)]:
         if stage.objective not in OBJECTIVES:
             raise UserError(f"objective {stage.objective!r} is not one of {', '.join(OBJECTIVES.names())}")

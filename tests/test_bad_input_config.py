@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from elastic_cli.checks import to_root
 from elastic_cli.cli import _exit_group_shorthand, _user_errors, fail
 from elastic_cli.config import RANGES, RootConfig
+from elastic_cli.errors import UserError
 from elastic_cli.plugins import register_configs
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -431,3 +432,10 @@ def test_every_plugin_range_names_a_field_of_its_schema():
         names = {f.name for f in fields(schema)}
         for key, _, _ in schema.RANGES:
             assert key in names, (schema.__name__, key)
+
+
+def test_a_fastbert_head_whose_width_does_not_split_into_its_heads_is_refused(hydra_ctx):
+    # before, nn.MultiheadAttention's assertion ended the run in a traceback once training began
+    with pytest.raises(UserError, match="method.head=fastbert: a fastbert head of width 10 cannot have 3"):
+        compose_root("method=fastbert", "method.head_hidden=10", "method.head_attention_heads=3")
+    compose_root("method=fastbert", "method.head_hidden=12", "method.head_attention_heads=3")
