@@ -17,7 +17,7 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import UnionType
@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from elastic_cli import files
-from elastic_cli.config import RootConfig
+from elastic_cli.config import Pooling, RootConfig
 from elastic_cli.errors import UserError
 from elastic_cli.models.adapters import FAMILIES
 from elastic_cli.models.heads import HEADS, HeadSpec
@@ -233,7 +233,7 @@ def _meta_problem(data: dict[str, Any]) -> str | None:
         return f"num_labels is {data['num_labels']}, max_seq_length {data['max_seq_length']}"
     if data["family"] not in FAMILIES:
         return f"family {data['family']!r} is not one of {', '.join(FAMILIES)}"
-    if spec.kind not in HEADS or spec.pooling not in ("cls", "mean"):
+    if spec.kind not in HEADS or spec.pooling not in Pooling.__members__:
         return f"head kind {spec.kind!r} with {spec.pooling!r} pooling is not a head elastic builds"
     problem = HEADS.get(spec.kind).spec_problem(spec)
     if problem is not None:
@@ -487,7 +487,7 @@ class CascadeMember:
         return path if path.is_absolute() else cascade_folder / path
 
 
-@dataclass(init=False)
+@dataclass
 class CascadeMeta:
     """A cascade's folder: cascade.json lists its models, smallest first. A model trained with the cascade
     lives in members/<name>/ (a checkpoint folder as above); a reused one is referenced where it is.
@@ -502,27 +502,12 @@ class CascadeMeta:
     seed: int
     num_labels: int
     label_names: list[str]
-    members: list[CascadeMember]  # smallest first
+    members: list[CascadeMember]  # smallest first (cascade.json's {"name", "folder", "weights"} objects too)
     # the file's version, the checkpoints' FORMAT; a cascade.json without it is read as the current one
     format: int = FORMAT
 
-    def __init__(
-        self,
-        method: str,
-        task: str,
-        seed: int,
-        num_labels: int,
-        label_names: list[str],
-        members: Sequence[CascadeMember | Mapping[str, str]],
-        format: int = FORMAT,
-    ) -> None:
-        self.method = method
-        self.task = task
-        self.seed = seed
-        self.num_labels = num_labels
-        self.label_names = label_names
-        self.members = [CascadeMember.of(entry) for entry in members]
-        self.format = format
+    def __post_init__(self) -> None:
+        self.members = [CascadeMember.of(entry) for entry in self.members]
 
     def save(self, folder: Path) -> None:
         """Write (atomically) cascade.json into `folder`."""
@@ -559,10 +544,6 @@ def is_cascade(folder: Path) -> bool:
     return (folder / CASCADE).is_file()
 
 
-def member_folder(folder: Path, entry: CascadeMember) -> Path:
-    return entry.path(folder)
-
-
 def save_cascade(folder: Path, work: Path, raw_cfg: DictConfig, meta: CascadeMeta) -> None:
     """Finish the cascade written into `work` (its members/ already saved there) and swap it in. A
     failure leaves `work` as it is: its trained models are what a resumed run goes on from."""
@@ -587,7 +568,3 @@ def _cascade_problem(data: dict[str, Any]) -> str | None:
         if missing:
             return f"members[{i}] has no {missing[0]}"
     return None
-
-
-def read_cascade_meta(folder: Path) -> CascadeMeta:
-    return CascadeMeta.load(folder)

@@ -126,10 +126,10 @@ def test_read_cascade_meta_checks_each_members_weights(tmp_path: Path) -> None:
     model = _save_member(super_, 3, seed=1)
     _write_cascade(folder, {"swift": swift, "super": super_})
     assert checkpoint.is_cascade(folder)
-    meta = checkpoint.read_cascade_meta(folder)
+    meta = checkpoint.CascadeMeta.load(folder)
     assert [m.name for m in meta.members] == ["swift", "super"]
     assert meta.members[0].folder == "members/swift"
-    assert [checkpoint.member_folder(folder, m) for m in meta.members] == [swift, super_]
+    assert [m.path(folder) for m in meta.members] == [swift, super_]
 
     # the super model is retrained after the cascade was assembled: same shapes, so the same file size
     size = (super_ / checkpoint.WEIGHTS).stat().st_size
@@ -144,7 +144,7 @@ def test_read_cascade_meta_checks_each_members_weights(tmp_path: Path) -> None:
     )
     assert (super_ / checkpoint.WEIGHTS).stat().st_size == size
     with pytest.raises(UserError, match=r"super model .* re-run `elastic train`"):
-        checkpoint.read_cascade_meta(folder)
+        checkpoint.CascadeMeta.load(folder)
 
 
 def test_read_cascade_meta_refuses_a_missing_member_and_another_format(tmp_path: Path) -> None:
@@ -155,7 +155,7 @@ def test_read_cascade_meta_refuses_a_missing_member_and_another_format(tmp_path:
     raw = json.loads((folder / checkpoint.CASCADE).read_text())
     (folder / checkpoint.CASCADE).write_text(json.dumps({**raw, "format": checkpoint.FORMAT + 1}))
     with pytest.raises(UserError, match="format"):
-        checkpoint.read_cascade_meta(folder)
+        checkpoint.CascadeMeta.load(folder)
     (folder / checkpoint.CASCADE).write_text(
         json.dumps(
             {
@@ -165,7 +165,7 @@ def test_read_cascade_meta_refuses_a_missing_member_and_another_format(tmp_path:
         )
     )
     with pytest.raises(UserError, match="no checkpoint"):
-        checkpoint.read_cascade_meta(folder)
+        checkpoint.CascadeMeta.load(folder)
 
 
 @pytest.fixture
@@ -215,20 +215,20 @@ def test_save_cascade_writes_cascade_json_and_swaps_the_folder_in(tmp_path: Path
     )
     checkpoint.save_cascade(folder, work, OmegaConf.create({"seed": 0}), meta)
     assert not work.exists() and (folder / "config.yaml").is_file()
-    assert checkpoint.read_cascade_meta(folder) == meta
+    assert checkpoint.CascadeMeta.load(folder) == meta
 
 
 def test_cascade_json_written_before_format_existed_is_read(one_member_cascade: Path) -> None:
     path = one_member_cascade / checkpoint.CASCADE
     _edit_json(path, format=None)
-    assert checkpoint.read_cascade_meta(one_member_cascade).format == checkpoint.FORMAT
+    assert checkpoint.CascadeMeta.load(one_member_cascade).format == checkpoint.FORMAT
 
 
 def test_cascade_member_keys_besides_the_three_are_ignored(one_member_cascade: Path) -> None:
     path = one_member_cascade / checkpoint.CASCADE
     data = json.loads(path.read_text())
     _edit_json(path, members=[{**data["members"][0], "note": "reused"}])
-    assert checkpoint.read_cascade_meta(one_member_cascade).members[0].name == "swift"
+    assert checkpoint.CascadeMeta.load(one_member_cascade).members[0].name == "swift"
 
 
 @pytest.mark.parametrize(
@@ -248,7 +248,7 @@ def test_damaged_or_newer_cascade_json_is_one_line(
 ) -> None:
     _edit_json(one_member_cascade / checkpoint.CASCADE, **changes)
     with pytest.raises(UserError) as caught:
-        checkpoint.read_cascade_meta(one_member_cascade)
+        checkpoint.CascadeMeta.load(one_member_cascade)
     message = str(caught.value)
     assert "\n" not in message and problem in message and "re-run `elastic train`" in message
 
@@ -257,7 +257,7 @@ def test_truncated_cascade_json_is_one_line(one_member_cascade: Path) -> None:
     path = one_member_cascade / checkpoint.CASCADE
     path.write_text(path.read_text()[:20])
     with pytest.raises(UserError) as caught:
-        checkpoint.read_cascade_meta(one_member_cascade)
+        checkpoint.CascadeMeta.load(one_member_cascade)
     assert "\n" not in str(caught.value) and str(path) in str(caught.value)
 
 
