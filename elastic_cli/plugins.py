@@ -1,7 +1,6 @@
 """Loads every plug-in before a config is composed, so that their schemas are in Hydra's ConfigStore.
 
-The package's own (methods, exit rules, head kinds, backbone families) register as their modules are
-imported. Others come from `ELASTIC_PLUGINS`, a comma-separated list of importable module names: each
+The package's own methods and exit rules register their schemas as their modules are imported. Others come from `ELASTIC_PLUGINS`, a comma-separated list of importable module names: each
 registers its classes with the registries (elastic_cli/registry.py) when imported, and a `conf/` folder
 beside it, if any, joins the config search path (its conf/method/<name>.yaml, ...).
 """
@@ -21,7 +20,10 @@ PLUGINS_ENV = "ELASTIC_PLUGINS"
 def register_configs() -> list[Path]:
     """Register every schema; the conf/ folders of the outside plug-ins, for the search path."""
     config.register_configs()
-    importlib.import_module("elastic_cli.checks")  # imports the package's registries and their plug-ins
+    # the modules whose plug-ins store schemas (head kinds and backbone families have none, and importing
+    # the adapters would load transformers before `--help`)
+    for module in ("elastic_cli.methods", "elastic_cli.exits"):
+        importlib.import_module(module)
     folders = []
     for name in filter(None, (n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(","))):
         try:

@@ -21,9 +21,9 @@ from elastic_cli.errors import UserError
 from elastic_cli.models.multi_exit import MultiExitModel
 
 
-def _meta(model: MultiExitModel, family: str) -> checkpoint.CheckpointMeta:
+def _meta(model: MultiExitModel, family: str, method: str = "static") -> checkpoint.CheckpointMeta:
     return checkpoint.CheckpointMeta(
-        method="static",
+        method=method,
         backbone=f"tiny-{family}",
         family=family,
         task="sst2",
@@ -264,26 +264,12 @@ def test_truncated_cascade_json_is_one_line(one_member_cascade: Path) -> None:
 # ---------------------------------------------------------------- an early-exit model's checkpoint
 
 
-def _early_exit_meta(model: MultiExitModel) -> checkpoint.CheckpointMeta:
-    return checkpoint.CheckpointMeta(
-        method="early_exit",
-        backbone="tiny-bert",
-        family="bert",
-        task="sst2",
-        seed=0,
-        exit_layers=model.exit_layers,
-        num_labels=3,
-        label_names=["a", "b", "c"],
-        pooling="cls",
-        max_seq_length=32,
-        format=checkpoint.FORMAT,
-    )
-
-
 def test_checkpoint_round_trip(tmp_path):
     model, tok = _model("bert")
     folder = tmp_path / "ckpt"
-    checkpoint.save(folder, model, tok, OmegaConf.create({"seed": 0}), _early_exit_meta(model))
+    checkpoint.save(
+        folder, model, tok, OmegaConf.create({"seed": 0}), _meta(model, "bert", method="early_exit")
+    )
     loaded, tok2, meta = checkpoint.load(folder, torch.device("cpu"))
     ids, mask, types = _batch(tok2, _texts(5, seed=4))
     with torch.no_grad():
@@ -295,7 +281,7 @@ def test_checkpoint_round_trip(tmp_path):
 def test_failed_save_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch):
     model, tok = _model("bert")
     folder = tmp_path / "ckpt"
-    checkpoint.save(folder, model, tok, OmegaConf.create({"v": 1}), _early_exit_meta(model))
+    checkpoint.save(folder, model, tok, OmegaConf.create({"v": 1}), _meta(model, "bert", method="early_exit"))
     before = (folder / checkpoint.WEIGHTS).read_bytes()
 
     def boom(*args, **kwargs):
@@ -305,7 +291,9 @@ def test_failed_save_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch):
     with torch.no_grad():
         model.heads.classifiers[0].bias.add_(1.0)
     with pytest.raises(RuntimeError, match="disk full"):
-        checkpoint.save(folder, model, tok, OmegaConf.create({"v": 2}), _early_exit_meta(model))
+        checkpoint.save(
+            folder, model, tok, OmegaConf.create({"v": 2}), _meta(model, "bert", method="early_exit")
+        )
     assert (folder / checkpoint.WEIGHTS).read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary folder left behind
 
@@ -313,7 +301,7 @@ def test_failed_save_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch):
 def test_a_checkpoint_of_another_format_is_a_user_error(tmp_path):
     model, tok = _model("bert")
     folder = tmp_path / "ckpt"
-    checkpoint.save(folder, model, tok, OmegaConf.create({}), _early_exit_meta(model))
+    checkpoint.save(folder, model, tok, OmegaConf.create({}), _meta(model, "bert", method="early_exit"))
     meta = json.loads((folder / checkpoint.META).read_text())
     meta.pop("format")
     (folder / checkpoint.META).write_text(json.dumps(meta))
