@@ -22,8 +22,8 @@ def register_configs() -> list[Path]:
     config.register_configs()
     # the modules whose plug-ins store schemas (head kinds and backbone families have none, and importing
     # the adapters would load transformers before `--help`)
-    for module in ("elastic_cli.methods", "elastic_cli.exits"):
-        importlib.import_module(module)
+    for own in ("elastic_cli.methods", "elastic_cli.exits"):
+        importlib.import_module(own)
     folders = []
     for name in filter(None, (n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(","))):
         try:
