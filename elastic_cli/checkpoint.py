@@ -34,8 +34,9 @@ from elastic_cli.errors import UserError
 from elastic_cli.models.adapters import FAMILIES
 from elastic_cli.models.heads import HEADS, HeadSpec
 from elastic_cli.models.json_files import first_line, read_json_object
+from elastic_cli.models.length_reducing import LengthReducingModel  # noqa: F401  (registers its shape)
 from elastic_cli.models.loading import backbone_from_folder, save_backbone_files
-from elastic_cli.models.multi_exit import MultiExitModel
+from elastic_cli.models.multi_exit import MODEL_SHAPES, MultiExitModel
 
 # bumped whenever the weights' layout changes, so an old checkpoint fails with a message, not a traceback
 FORMAT = 2
@@ -58,6 +59,8 @@ class CheckpointMeta:
     max_seq_length: int
     head: dict[str, Any] = field(default_factory=dict)  # HeadSpec fields
     lte: bool = False
+    shape: str = "multi_exit"  # the model shape (models.multi_exit.MODEL_SHAPES) the weights belong to
+    shape_settings: dict[str, Any] = field(default_factory=dict)  # its constructor settings
     train_metrics: dict[str, Any] = field(default_factory=dict)
     format: int = 1  # checkpoints written before the field existed are format 1
     weights: str = ""  # sha256 of model.safetensors, taken at save time ("" in older checkpoints)
@@ -147,11 +150,20 @@ def check_replaceable(folder: Path, method: str, backbone: str, task: str) -> st
 
 
 def save(
-    folder: Path, model: MultiExitModel, tokenizer: Any, raw_cfg: DictConfig, meta: CheckpointMeta
+    folder: Path,
+    model: MultiExitModel,
+    tokenizer: Any,
+    raw_cfg: DictConfig,
+    meta: CheckpointMeta,
+    extra_files: Mapping[str, Path] | None = None,
 ) -> None:
+    """The checkpoint folder, written whole beside it and swapped in; `extra_files` (name -> a file of the
+    run's) are copied into it."""
     files.clean_orphans(folder)
     tmp = files.temp_dir(folder)
     try:
+        for name, source in (extra_files or {}).items():
+            shutil.copyfile(source, tmp / name)
         save_model(model, str(tmp / WEIGHTS))
         meta.weights = files.sha256(tmp / WEIGHTS)
         save_backbone_files(model.backbone, tokenizer, tmp / "backbone")
@@ -240,6 +252,8 @@ def _meta_problem(data: dict[str, Any]) -> str | None:
         return problem
     if not 0.0 <= spec.dropout < 1.0:
         return f"head.dropout is {spec.dropout}"
+    if data.get("shape", "multi_exit") not in MODEL_SHAPES:
+        return f"shape {data['shape']!r} is not one of {', '.join(MODEL_SHAPES)}"
     return None
 
 
@@ -313,13 +327,14 @@ def load(folder: Path, device: torch.device) -> tuple[MultiExitModel, Any, Check
             f"{folder / META} ends its exits at layer {meta.exit_layers[-1]}: restore backbone/config.json "
             "or re-run `elastic train`"
         )
-    model = MultiExitModel(
+    model = MODEL_SHAPES.get(meta.shape)(
         adapter,
         meta.exit_layers,
         meta.num_labels,
         meta.head_spec(),
         use_pretrained_pooler=False,
         lte=meta.lte,
+        **meta.shape_settings,
     )
     _load_weights(model, folder, device)
     model.to(device).eval()

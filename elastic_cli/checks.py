@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from elastic_cli.config import RootConfig, TrainStageConfig, validate
 from elastic_cli.errors import UserError
-from elastic_cli.exits import ExitRule, build_rule
+from elastic_cli.exits import RULES, ExitRule, build_rule
 from elastic_cli.methods import METHODS
 from elastic_cli.methods.objectives import OBJECTIVES
 from elastic_cli.models.adapters import FAMILIES
@@ -37,6 +37,16 @@ def check(cfg: RootConfig) -> None:
     problem = head.spec_problem(method(cfg.method).head_spec(cfg.backbone))
     if problem is not None:
         raise UserError(f"method.head={cfg.method.head}: {problem}")
+    rule = RULES.get(cfg.method.exit.name)
+    if method.model_shape not in rule.model_shapes:
+        usable = ", ".join(n for n, r in RULES.items() if method.model_shape in r.model_shapes)
+        raise UserError(
+            f"method.exit={rule.name} does not apply to method {cfg.method.name} (a {method.model_shape} "
+            f"model): use method/exit= one of {usable}"
+        )
+    problem = method(cfg.method).backbone_problem(FAMILIES.get(cfg.backbone.family))
+    if problem is not None:
+        raise UserError(f"backbone.family={cfg.backbone.family}: {problem}")
     for stage in cfg.method.stages or [TrainStageConfig(objective=cfg.method.objective)]:
         if stage.objective not in OBJECTIVES:
             raise UserError(f"objective {stage.objective!r} is not one of {', '.join(OBJECTIVES.names())}")

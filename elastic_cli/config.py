@@ -135,6 +135,7 @@ class TrainStageConfig:
     trainable: Trainable = Trainable.all
     epochs: float | None = None  # None: train.epochs
     lr_scale: float = 1.0  # this stage's lr = train.lr * lr_scale
+    keep_best: int = 1  # weights kept from this stage: the best epoch, and runners-up when > 1 (AdapLeR: 3)
 
 
 @dataclass
@@ -308,6 +309,7 @@ RANGES: tuple[tuple[str, Bound, str], ...] = (
 STAGE_RANGES: tuple[tuple[str, Bound, str], ...] = (
     ("epochs", POSITIVE, "this stage's epochs; null: train.epochs"),
     ("lr_scale", POSITIVE, "this stage's lr / train.lr"),
+    ("keep_best", at_least(1), "the best epochs this stage keeps"),
 )
 _ABSENT = object()
 

@@ -21,6 +21,9 @@ elementwise operation that we count. With n tokens, hidden h, intermediate f, a 
                     4 w^2 + 2 w            the [CLS] query and output projections
                     2 w^2 + 2 w + (2 w + 1) C   Linear(w -> w) + tanh, classifier
     LTE module      2 p + 1 per head       BERxiT's Linear(pooled -> 1) + sigmoid
+    AdapLeR CP      (2 h w + 8 w + 7) n    per layer, on the n tokens alive before it: Dense(h -> w) + bias,
+                                           GELU, Dense(w -> 1) + bias, the softmax over tokens (5 per
+                                           token) and the threshold test; w = 32
     DeBERTa         per disentangled term (c2p, p2c), with span s of relative positions:
                     4 s h^2    the relative embeddings' projection (2 s rows; counted per example,
                                as at batch 1: in a batch it is shared)
@@ -32,6 +35,11 @@ FLOPs_BERT(n) = 37,872 n^2 + 170,216,500 n + 1,181,953 + 1,537 C. For 12 x 768/3
 module gives 37,872 n^2 (identical: 12 x (4 x 768 + 7 x 12)), 170,290,944 n (+0.04%: our LayerNorm
 and GELU counts are about 6,100 FLOPs per token per layer above what the TF profiler counted) and
 1,181,184 + 1,537 C (their constant has 769 more, h + 1, an elementwise op of the pooler we do not count).
+
+With token dropping (AdapLeR), layer l runs on the n_l tokens that entered it and the predictor before
+it on the tokens alive before its drop (n_0 = the input length before layer 1). AdapLeR's fitted formula,
+FLOPs_AdapLeR = 1,183,537 + 1,537 (C - 1) + 6,152 n_0 + sum_l (3,156 n_l^2 + 14,233,554 n_l), charges its
+predictors about 48,850 FLOPs per token per layer; this module charges 49,415 (2 x 768 x 32 + 263).
 
 Speed-ups are ratios of totals, sum(static) / sum(adaptive), as AdapLeR and ELUE compute them; the mean
 of per-example ratios would weight short examples as much as long ones.
@@ -63,6 +71,7 @@ class EncoderDims:
     head: HeadCost | None = None
     lte: bool = False  # BERxiT's learning-to-exit module runs beside every head
     relative_span: int = 0  # DeBERTa: relative positions attended to (pos_ebd_size); 0 for the others
+    predictor: int = 0  # AdapLeR: width of the contribution predictor before every layer (0: none)
     relative_terms: int = 0  # DeBERTa: disentangled terms (c2p, p2c)
 
     @classmethod
@@ -138,11 +147,33 @@ def classifier_flops(width: int, num_labels: int) -> float:
 
 def head_flops(d: EncoderDims, n_tokens: np.ndarray | float = 0.0) -> np.ndarray:
     """One exit head on one example (at n tokens), with the LTE module when there is one."""
-    head = d.head or HeadCost(pooler_flops(d.hidden) + classifier_flops(d.hidden, d.num_labels), 0.0, d.hidden)
+    head = d.head or HeadCost(
+        pooler_flops(d.hidden) + classifier_flops(d.hidden, d.num_labels), 0.0, d.hidden
+    )
     flops: np.ndarray = head.per_token * _tokens(n_tokens) + head.fixed
     if d.lte:
         flops = flops + 2.0 * head.pooled + 1.0
     return flops
+
+
+def predictor_flops(n_tokens: np.ndarray | float, d: EncoderDims) -> np.ndarray:
+    """One contribution predictor (AdapLeR's CP) on n tokens: Dense(h -> w), GELU, Dense(w -> 1), the
+    softmax over the tokens and the threshold test."""
+    w = d.predictor
+    per_token = 2.0 * d.hidden * w + w + _GELU_OPS * w + 2.0 * w + 1.0 + 5.0 + 1.0
+    return per_token * _tokens(n_tokens) if w else np.zeros_like(_tokens(n_tokens))
+
+
+def reduced_flops(n_tokens: np.ndarray, layer_tokens: np.ndarray, d: EncoderDims) -> np.ndarray:
+    """FLOPs per example of a model that drops tokens between layers: layer_tokens [N, num_layers] are the
+    tokens entering each layer; every layer runs, with its predictor on the tokens alive before its drop,
+    and one final head."""
+    n = _tokens(n_tokens)
+    entering = _tokens(layer_tokens)
+    before_drop = np.concatenate([n[:, None], entering[:, :-1]], axis=1)
+    predictors = predictor_flops(before_drop, d).sum(axis=1)
+    layers = np.full(n.shape[0], d.num_layers)
+    return example_flops(n, layers, np.ones_like(layers), d, entering) + predictors
 
 
 def _check_counts(name: str, counts: np.ndarray, upper: int, size: int) -> np.ndarray:
@@ -271,10 +302,12 @@ class ExitCosts:
         layers = np.cumsum([d.num_layers for d in dims])
         return cls(np.cumsum(own, axis=1), own[:, -1], layers, dims[-1].num_layers)
 
-    def at(self, exit_index: np.ndarray) -> dict[str, float]:
-        """Speed-ups when example n leaves at exit_index[n] (ratio of totals for FLOPs)."""
+    def at(self, exit_index: np.ndarray, adaptive: np.ndarray | None = None) -> dict[str, float]:
+        """Speed-ups when example n leaves at exit_index[n] (ratio of totals for FLOPs); `adaptive`, when
+        given, is what each example really cost (a length-reducing model's FLOPs depend on the tokens kept)."""
         idx = np.asarray(exit_index, dtype=np.int64)
-        adaptive = self.exit_flops[np.arange(idx.shape[0]), idx]
+        if adaptive is None:
+            adaptive = self.exit_flops[np.arange(idx.shape[0]), idx]
         mean_layers = float(self.exit_layers[idx].mean())
         return {
             "flops_speedup": ratio_of_totals(self.reference_flops, adaptive),

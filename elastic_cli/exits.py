@@ -90,6 +90,8 @@ class ExitRule(Generic[C]):
     temperature_scaling: ClassVar[bool] = False
     # what the threshold counts, when it counts something (patience: agreeing exits): 1, 2, ... only
     whole_thresholds: ClassVar[str] = ""
+    # the model shapes it decides for (Method.model_shape): the exits of one model, or a cascade's models
+    model_shapes: ClassVar[tuple[str, ...]] = ("multi_exit", "cascade")
 
     def __init__(self, cfg: ExitRuleConfig) -> None:
         # a plain ExitRuleConfig (a rule named in code or on the command line without its YAML) gets the
@@ -380,6 +382,32 @@ class Energy(ExitRule[EnergyExitConfig]):
         return s >= _threshold(threshold, s)
 
 
+@RULES.register("token_drop")
+class TokenDrop(ExitRule[ExitRuleConfig]):
+    """AdapLeR's trade-off knob: not a rule over exit outputs but a multiplier on the learned eta of a
+    length-reducing model (models/length_reducing.py). Before layer l a token leaves when its predicted
+    importance is below threshold x eta_l / n_l: 1 is the model as trained, 0 keeps every token, larger
+    drops more. Every point of its curve is a real forward pass (no cached outputs can stand for one)."""
+
+    threshold_range = (0.0, 100.0)
+    larger_is_slower = False
+    regression = True
+    model_shapes = ("length_reducing",)
+    GRID: ClassVar[tuple[float, ...]] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0)
+
+    def grid(
+        self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
+    ) -> torch.Tensor:
+        # each point costs a pass over the split: a fixed grid around 1 (as trained), at most `size` points
+        points = self.GRID if size >= len(self.GRID) else self.GRID[:: math.ceil(len(self.GRID) / size)]
+        return torch.tensor(sorted({*points, 1.0}), dtype=torch.float64)
+
+    def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
+        raise UserError(
+            "method.exit=token_drop scales a length-reducing model's eta (method=adapler); it decides no exit"
+        )
+
+
 def rule_settings(cfg: ExitRuleConfig) -> dict[str, Any]:
     """The settings that change a rule's decisions besides its threshold (e.g. ELBERT's window, the
     energy temperature): a threshold calibrated under one set means nothing under another."""
@@ -396,7 +424,9 @@ def check_applicable(rule: ExitRule, num_labels: int, has_lte: bool, num_exits: 
     if num_exits == 1:
         return
     if num_labels == 1 and not rule.regression:
-        usable = ", ".join(sorted(n for n, r in RULES.items() if r.regression))
+        usable = ", ".join(
+            sorted(n for n, r in RULES.items() if r.regression and "multi_exit" in r.model_shapes)
+        )
         raise UserError(
             f"the {rule.name} exit rule needs class probabilities; this task is a regression: "
             f"use method/exit= one of {usable}"

@@ -1,4 +1,5 @@
-"""Figures logged to MLflow: the exit-layer histogram and the accuracy / speed-up Pareto plot.
+"""Figures logged to MLflow: the exit-layer histogram, the tokens kept per layer (length reduction) and
+the accuracy / speed-up Pareto plot.
 
 Figures are built on matplotlib's Agg canvas directly (no pyplot): nothing needs a screen, no global
 figure list grows over a sweep, and the caller owns the returned figure. matplotlib is imported inside
@@ -41,6 +42,22 @@ def exit_histogram_figure(counts: Sequence[int], layers: Sequence[int], title: s
     ax.set_ylabel("fraction of examples")
     ax.set_ylim(0, max(fractions, default=0.0) * 1.15 or 1.0)
     ax.set_title(f"{title}  (n={total})", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def layer_tokens_figure(mean_tokens: Sequence[float], title: str) -> Figure:
+    """Bars of the mean tokens entering each layer (1-indexed) of a length-reducing model."""
+    fig = _new_figure(max(4.0, 0.45 * len(mean_tokens) + 2.0), 3.2)
+    ax = fig.add_subplot()
+    layers = list(range(1, len(mean_tokens) + 1))
+    bars = ax.bar(layers, list(mean_tokens), color="#55A868")
+    ax.bar_label(bars, labels=[f"{t:.1f}" for t in mean_tokens], fontsize=8, padding=2)
+    ax.set_xticks(layers, [str(layer) for layer in layers])
+    ax.set_xlabel("layer")
+    ax.set_ylabel("mean tokens entering the layer")
+    ax.set_ylim(0, max(mean_tokens, default=0.0) * 1.15 or 1.0)
+    ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     return fig
 

@@ -14,13 +14,19 @@ class ExitSignals:
 
     logits: torch.Tensor  # [N, E, C]; C = 1 for regression
     lte: torch.Tensor | None = None  # [N, E] learned-to-exit score (BERxiT): predicted need to continue
+    # [N, L] tokens entering each layer, for a model that drops tokens between layers (AdapLeR)
+    layer_tokens: torch.Tensor | None = None
 
     @property
     def num_exits(self) -> int:
         return int(self.logits.shape[1])
 
     def rows(self, index: torch.Tensor) -> ExitSignals:
-        return ExitSignals(self.logits[index], None if self.lte is None else self.lte[index])
+        return ExitSignals(
+            self.logits[index],
+            None if self.lte is None else self.lte[index],
+            None if self.layer_tokens is None else self.layer_tokens[index],
+        )
 
     def upto(self, k: int) -> ExitSignals:
         """The first k exits."""
@@ -45,4 +51,5 @@ class ExitSignals:
         return ExitSignals(logits.unsqueeze(1), None if lte is None else lte.unsqueeze(1))
 
     def float(self) -> ExitSignals:
-        return ExitSignals(self.logits.float(), None if self.lte is None else self.lte.float())
+        lte = None if self.lte is None else self.lte.float()
+        return ExitSignals(self.logits.float(), lte, self.layer_tokens)

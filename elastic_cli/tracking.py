@@ -668,6 +668,25 @@ def log_params(params: Mapping[str, Any]) -> None:
     with_retry(_active.client.log_batch, _active.run_id, params=batch)
 
 
+def log_layer_tokens(mean_tokens: Sequence[float], prefix: str = "") -> None:
+    """A length-reducing model's mean tokens entering each layer: the metric `<prefix>tokens_kept` with
+    step = layer (1-indexed), the table `<prefix>layer_tokens.csv` and a bar chart PNG."""
+    if _active is None:
+        return
+    import pandas as pd
+    from mlflow.entities import Metric
+
+    from elastic_cli.plots import layer_tokens_figure
+
+    now = _now_ms()
+    series = [Metric(f"{prefix}tokens_kept", float(t), now, layer) for layer, t in enumerate(mean_tokens, 1)]
+    with_retry(_active.client.log_batch, _active.run_id, metrics=series)
+    table = pd.DataFrame({"layer": list(range(1, len(mean_tokens) + 1)), "mean_tokens": list(mean_tokens)})
+    log_dataframe(table, f"{prefix}layer_tokens.csv")
+    title = f"tokens kept per layer {prefix.rstrip('/_')}".strip()
+    log_figure(layer_tokens_figure(mean_tokens, title), f"{prefix}layer_tokens.png")
+
+
 def log_exit_histogram(counts: Sequence[int], layers: Sequence[int], prefix: str = "") -> None:
     """counts[i] examples left at layer layers[i] (1-indexed): the metric `<prefix>exit_count` with
     step = layer, the table `<prefix>exit_histogram.csv` (layer, count, fraction) and a bar chart PNG."""

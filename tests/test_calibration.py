@@ -28,6 +28,9 @@ from elastic_cli.metrics import pearson
 
 MAXPROB = exits.build_rule(ExitRuleConfig(name="maxprob"))
 
+# the rules that decide on exit outputs (token_drop scales a length-reducing model instead)
+OUTPUT_RULES = sorted(n for n, r in exits.RULES.items() if "multi_exit" in r.model_shapes)
+
 
 def _energy(temperature: float = 1.0) -> exits.Energy:
     rule = exits.build_rule(EnergyExitConfig(temperature=temperature))
@@ -197,7 +200,7 @@ def test_exit_indices_shape():
     assert exit_indices(MAXPROB, HAND, [], None).shape == (0, 3)
 
 
-@pytest.mark.parametrize("name", sorted(exits.RULES))
+@pytest.mark.parametrize("name", OUTPUT_RULES)
 def test_exit_indices_equal_simulate_for_every_rule(name):
     gen = torch.Generator().manual_seed(6)
     signals = ExitSignals(2.0 * torch.randn(50, 5, 3, generator=gen), torch.rand(50, 5, generator=gen))

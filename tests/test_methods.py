@@ -218,7 +218,8 @@ def to_root_method(name: str):
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_builds_its_objectives(name):
     method = build_method(to_root_method(name))
-    for stage in method.stages():
+    # (AdapLeR's stage 3 needs its saliency targets and a soft forward's trace: tests/test_adapler.py)
+    for stage in [s for s in method.stages() if s.objective != "adapler"]:
         obj = method.objective(stage, [1, 2, 3, 4])
         loss = method.loss(obj, ExitSignals(torch.randn(2, 4, 3)), torch.tensor([0, 2]), 1)
         assert loss.ndim == 0 and torch.isfinite(loss)

@@ -69,12 +69,18 @@ def test_replaceable_only_when_absent_empty_or_the_same_checkpoint(tmp_path: Pat
 @pytest.mark.parametrize(
     "make,needle",
     [
-        (lambda p: (p.mkdir(), (p / "f").write_text("a"), (p / "sub").mkdir()), "is not an elastic checkpoint"),
+        (
+            lambda p: (p.mkdir(), (p / "f").write_text("a"), (p / "sub").mkdir()),
+            "is not an elastic checkpoint",
+        ),
         (lambda p: p.write_text("a file"), "a file, not a checkpoint folder"),
         (lambda p: _fake_checkpoint(p, method="sweet"), "method=sweet backbone=tiny-bert task=sst2"),
         (lambda p: _fake_checkpoint(p, task="rte"), "task=rte"),
         (lambda p: (_fake_checkpoint(p), (p / "notes.txt").write_text("mine")), "also holds notes.txt"),
-        (lambda p: (p.mkdir(), (p / checkpoint.META).write_text("{not json")), "a damaged elastic checkpoint"),
+        (
+            lambda p: (p.mkdir(), (p / checkpoint.META).write_text("{not json")),
+            "a damaged elastic checkpoint",
+        ),
     ],
     ids=["user-folder", "a-file", "other-method", "other-task", "stranger-inside", "corrupt-meta"],
 )
@@ -228,7 +234,11 @@ def test_a_read_only_checkpoint_evaluates_with_its_cache_under_outputs(trained: 
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.run(
         ["unshare", "-m", "sh", "-c", f"mount --bind -o ro {shared} {shared} && exec {cmd}"],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     ok(proc)
     assert not (shared / "cache").exists()
@@ -237,7 +247,11 @@ def test_a_read_only_checkpoint_evaluates_with_its_cache_under_outputs(trained: 
     cmd = cmd.replace(" evaluate ", " calibrate ")
     proc = subprocess.run(
         ["unshare", "-m", "sh", "-c", f"mount --bind -o ro {shared} {shared} && exec {cmd}"],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     _one_line_error(proc, "read-only", "copy the checkpoint")
 
@@ -269,7 +283,9 @@ def test_killed_training_resumes_to_identical_weights(workdir: Path, tmp_path: P
     args += [f"method={method}", "train.epochs=2", "train.save_every=4"]
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     ok(elastic("train", *args, f"outputs={whole}", cwd=workdir))
-    killed = elastic("train", *args, f"outputs={broken}", cwd=workdir, env={"ELASTIC_FAULT_AFTER_STEPS": str(kill_after)})
+    killed = elastic(
+        "train", *args, f"outputs={broken}", cwd=workdir, env={"ELASTIC_FAULT_AFTER_STEPS": str(kill_after)}
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     ckpt = broken / "checkpoints" / "sst2" / method / "tiny-bert" / "seed42"
     state = train_state.state_path(ckpt)
@@ -293,7 +309,10 @@ def test_killed_training_resumes_to_identical_weights(workdir: Path, tmp_path: P
     # the same MLflow run went on and finished
     runs = _train_runs(broken)
     assert runs["status"].tolist() == ["FINISHED"]
-    assert runs["metrics.best_mean_exit_accuracy"].iloc[0] == _train_runs(whole)["metrics.best_mean_exit_accuracy"].iloc[0]
+    assert (
+        runs["metrics.best_mean_exit_accuracy"].iloc[0]
+        == _train_runs(whole)["metrics.best_mean_exit_accuracy"].iloc[0]
+    )
 
 
 @pytest.mark.slow
@@ -303,7 +322,9 @@ def test_killed_cascade_resumes_keeping_the_models_it_trained(workdir: Path, tmp
     args += ["method=multi_model", "method.exit_layers=[1,2]", "train.epochs=1", "train.save_every=4"]
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     ok(elastic("train", *args, f"outputs={whole}", cwd=workdir))
-    killed = elastic("train", *args, f"outputs={broken}", cwd=workdir, env={"ELASTIC_FAULT_AFTER_STEPS": "25"})
+    killed = elastic(
+        "train", *args, f"outputs={broken}", cwd=workdir, env={"ELASTIC_FAULT_AFTER_STEPS": "25"}
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     ckpt = broken / "checkpoints" / "sst2" / "multi_model" / "tiny-bert" / "seed42"
     work = train_state.cascade_work(ckpt)
@@ -315,7 +336,9 @@ def test_killed_cascade_resumes_keeping_the_models_it_trained(workdir: Path, tmp
     assert not work.exists()
     assert sorted(p.name for p in ckpt.iterdir()) == ["cascade.json", "config.yaml", "members"]
     for member in ("L1", "L2"):
-        a = _weights(whole / "checkpoints" / "sst2" / "multi_model" / "tiny-bert" / "seed42" / "members" / member)
+        a = _weights(
+            whole / "checkpoints" / "sst2" / "multi_model" / "tiny-bert" / "seed42" / "members" / member
+        )
         b = _weights(ckpt / "members" / member)
         assert all(torch.equal(a[k], b[k]) for k in a), member
     assert _train_runs(broken)["status"].tolist() == ["FINISHED"]

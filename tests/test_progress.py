@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from elastic_cli.stages import common
+from elastic_cli import progress as common
 
 
 def test_line_progress_prints_every_tenth(monkeypatch, capsys):

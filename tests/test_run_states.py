@@ -41,7 +41,9 @@ def no_env_uri(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def tracking_log(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> pytest.LogCaptureFixture:
+def tracking_log(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> pytest.LogCaptureFixture:
     """caplog for elastic_cli.tracking, even after a Hydra app's logging config disabled existing loggers."""
     logger = logging.getLogger("elastic_cli.tracking")
     monkeypatch.setattr(logger, "disabled", False)

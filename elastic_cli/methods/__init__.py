@@ -2,6 +2,7 @@
 conf/method/<name>.yaml). Adding one: README.md, "Methods"."""
 
 from elastic_cli.methods import (  # noqa: F401  (importing registers them)
+    adapler,
     berxit,
     deebert,
     early_exit,

@@ -8,6 +8,7 @@ added by the method on top of whichever objective it trains with (`lte_loss`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,28 @@ class Objective(nn.Module):
     def logged(self, exit_layers: list[int]) -> dict[str, float]:
         """What this objective logs after each epoch, beside the exits' scores: none by default."""
         return {}
+
+    # Hooks of the training loop (stages/train_loop.py); the defaults are plain fine-tuning.
+
+    def parameter_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """Model parameters this objective trains apart from the others (AdapLeR's eta and theta): optimizer
+        groups with their own lr, no weight decay, a constant lr and no gradient clipping."""
+        return []
+
+    def start_epoch(self, model: nn.Module, epoch: int, epochs: int) -> None:
+        """Before epoch `epoch` (0-indexed) of `epochs`."""
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """The gradients of one step, from the loss `forward` returned."""
+        loss.backward()
+
+    def after_step(self, model: nn.Module) -> None:
+        """After each optimizer step (AdapLeR clips eta)."""
+
+    def rank(self, score: float, flops_speedup: float | None) -> tuple[float, ...]:
+        """How an epoch's weights rank, from its calibration score and (for a length-reducing model) its
+        FLOPs speed-up: the best-ranked epoch is kept. By default, the score."""
+        return (score,)
 
 
 class FinalOnly(Objective):

@@ -112,6 +112,9 @@ class BackboneAdapter(nn.Module, ABC):
     tiny_segment_embeddings: ClassVar[bool] = False
     # a checkpoint whose model_type transformers does not know (ElasticBERT) may be loaded as a BertModel
     loads_unknown_models_as_bert: ClassVar[bool] = False
+    # its layers add a float attention mask to the scores, so a bias per key can fade a token out
+    # (AdapLeR's soft token removal, `key_bias_mask`)
+    supports_key_bias: ClassVar[bool] = True
     # the HF base model; typed Any because its submodules (embeddings, encoder.layer, ...) are reached
     # by name and differ per family
     model: Any
@@ -175,6 +178,15 @@ class BackboneAdapter(nn.Module, ABC):
                 f"attention {self.hf_config._attn_implementation!r} is not supported: use sdpa or eager"
             )
         return mask
+
+    def key_bias_mask(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, key_bias: torch.Tensor
+    ) -> torch.Tensor:
+        """An additive attention mask [B, 1, 1, T] that adds key_bias [B, T] to the scores of every query
+        against key t, and masks the padding. Both sdpa and the eager attentions add a float mask."""
+        masked = torch.finfo(hidden.dtype).min
+        bias = key_bias.to(hidden.dtype).masked_fill(~attention_mask.bool(), masked)
+        return bias[:, None, None, :]
 
     @abstractmethod
     def embed(
@@ -480,6 +492,7 @@ class DebertaAdapter(BackboneAdapter):
     """
 
     model_types = ("deberta-v2",)
+    supports_key_bias = False  # its attention takes a 0/1 mask, which it turns into -inf itself
 
     @classmethod
     def tiny_config(cls, tiny: TinyBackboneConfig, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:

@@ -17,6 +17,7 @@ Training-time variants of the forward pass (no effect on the values it computes)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ from torch import nn
 from elastic_cli import exits
 from elastic_cli.models.adapters import BackboneAdapter
 from elastic_cli.models.heads import HeadSpec, build_heads
+from elastic_cli.registry import Registry
 
 
 class _GradientRescale(torch.autograd.Function):
@@ -47,6 +49,7 @@ def rescale_gradient(x: torch.Tensor, weight: float) -> torch.Tensor:
 class AdaptiveOutput:
     exit_index: torch.Tensor  # [B] index into exit_layers
     logits: torch.Tensor  # [B, C] logits of the exit taken
+    layer_tokens: torch.Tensor | None = None  # [B, L] tokens entering each layer (a length-reducing model)
 
     @classmethod
     def empty(cls, batch: int, num_labels: int, device: torch.device) -> AdaptiveOutput:
@@ -78,7 +81,16 @@ class AdaptiveOutput:
         return (~exit_now).nonzero().squeeze(1)
 
 
+# the model shapes a checkpoint can hold (meta.json's `shape`): this one, and the length-reducing model
+# (models/length_reducing.py); a method declares the one it trains (Method.model_shape)
+MODEL_SHAPES: Registry[MultiExitModel] = Registry("model shape", "shape")
+
+
+@MODEL_SHAPES.register("multi_exit")
 class MultiExitModel(nn.Module):
+    name: ClassVar[str] = ""  # its shape, set by MODEL_SHAPES.register
+    predictor_width: int = 0  # width of a token-importance predictor before every layer (none here)
+
     def __init__(
         self,
         backbone: BackboneAdapter,
@@ -103,6 +115,10 @@ class MultiExitModel(nn.Module):
         self.lte = nn.Linear(self.heads.pooled_size, 1) if lte else None
         self.stop_gradient = stop_gradient
         self.gradient_equilibrium = gradient_equilibrium
+
+    def shape_settings(self) -> dict[str, object]:
+        """Constructor settings beyond the exits and head that rebuild this model from its checkpoint."""
+        return {}
 
     @property
     def num_exits(self) -> int:

@@ -11,16 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from elastic_cli import files
 from elastic_cli.config import DeviceConfig, RootConfig
@@ -29,10 +19,8 @@ from elastic_cli.data import Encoded, batches
 from elastic_cli.errors import UserError
 from elastic_cli.metrics import pearson
 from elastic_cli.models.multi_exit import MultiExitModel
+from elastic_cli.progress import console, progress
 from elastic_cli.signals import ExitSignals
-
-# soft wrap: a long path in a log line stays on one line (grep finds it), whatever the width
-console = Console(stderr=True, soft_wrap=True)
 
 
 def seed_everything(seed: int) -> None:
@@ -51,62 +39,6 @@ def setup_device(cfg: DeviceConfig) -> torch.device:
     return torch.device(cfg.name)
 
 
-class LineProgress:
-    """Progress as plain lines (one per 10%) when stderr is not a terminal, e.g. a cluster job's log
-    file, where a live bar would print nothing until the end."""
-
-    def __init__(self) -> None:
-        self.tasks: dict[TaskID, dict] = {}
-
-    def __enter__(self) -> LineProgress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def add_task(self, description: str, total: float, info: str = "") -> TaskID:
-        task_id = TaskID(len(self.tasks))
-        self.tasks[task_id] = {
-            "description": description,
-            "total": total,
-            "done": 0.0,
-            "next": 0.1,
-            "info": info,
-        }
-        return task_id
-
-    def advance(self, task_id: TaskID, advance: float = 1) -> None:
-        self.update(task_id, advance=advance)
-
-    def update(self, task_id: TaskID, advance: float = 0, info: str | None = None) -> None:
-        t = self.tasks[task_id]
-        t["done"] += advance
-        if info is not None:
-            t["info"] = info
-        fraction = t["done"] / t["total"] if t["total"] else 1.0
-        if fraction >= t["next"] - 1e-9:
-            console.print(
-                f"{t['description']}: {t['done']:.0f}/{t['total']:.0f} ({100 * fraction:.0f}%) {t['info']}"
-            )
-            while t["next"] <= fraction + 1e-9:
-                t["next"] += 0.1
-
-
-def progress() -> Progress | LineProgress:
-    if not console.is_terminal:
-        return LineProgress()
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
-
-
 @torch.inference_mode()
 def all_exit_outputs(
     model: MultiExitModel, enc: Encoded, batch_size: int, pad_id: int, device: torch.device, label: str = ""
@@ -116,6 +48,7 @@ def all_exit_outputs(
     n = len(enc.labels)
     logits = torch.empty(n, model.num_exits, model.num_labels)
     lte = torch.empty(n, model.num_exits) if model.lte is not None else None
+    layer_tokens: torch.Tensor | None = None  # a length-reducing model's tokens entering each layer
     # length-sorted batches pad less; `index` puts every row back in place
     order = np.argsort(enc.lengths, kind="stable")
     with progress() as bar:
@@ -127,15 +60,20 @@ def all_exit_outputs(
             logits[rows] = out.logits.float().cpu()
             if lte is not None and out.lte is not None:
                 lte[rows] = out.lte.float().cpu()
+            if out.layer_tokens is not None:
+                if layer_tokens is None:
+                    layer_tokens = torch.zeros(n, out.layer_tokens.shape[1], dtype=torch.long)
+                layer_tokens[rows] = out.layer_tokens.cpu()
             bar.advance(task, len(batch.index))
-    return ExitSignals(logits, lte)
+    return ExitSignals(logits, lte, layer_tokens)
 
 
 @dataclass
 class CachedOutputs:
-    signals: ExitSignals  # logits [N, E, C] (and LTE scores [N, E])
+    signals: ExitSignals  # logits [N, E, C] (and LTE scores [N, E], tokens entering each layer [N, L])
     labels: np.ndarray
     lengths: np.ndarray  # tokens per example
+    split: str = ""  # the split's name
 
 
 def cached_outputs(
@@ -147,12 +85,15 @@ def cached_outputs(
     cfg: RootConfig,
     pad_id: int,
     device: torch.device,
+    variant: str = "",
 ) -> CachedOutputs:
-    """All-exits outputs of a split, computed once per checkpoint weights (their content hash) and split
-    contents. The cache lives in the checkpoint's cache/ folder, or under outputs/cache/ when the
-    checkpoint is read-only (a team's shared checkpoint); an unreadable cache file is recomputed."""
+    """All-exits outputs of a split, computed once per checkpoint weights (their content hash), split
+    contents and `variant` (a length-reducing model's eta multiplier). The cache lives in the checkpoint's
+    cache/ folder, or under outputs/cache/ when the checkpoint is read-only (a team's shared checkpoint);
+    an unreadable cache file is recomputed."""
     key = hashlib.sha256()
     key.update(fingerprint.encode())
+    key.update(variant.encode())
     key.update(np.asarray(enc.labels).tobytes())
     for ids in enc.input_ids:
         key.update(np.asarray(ids, dtype=np.int64).tobytes())
@@ -166,7 +107,7 @@ def cached_outputs(
     else:
         signals = all_exit_outputs(model, enc, cfg.device.eval_batch_size, pad_id, device, split)
         _write_cache([place / name for place in places], signals)
-    return CachedOutputs(signals=signals, labels=np.asarray(enc.labels), lengths=np.asarray(enc.lengths))
+    return CachedOutputs(signals, np.asarray(enc.labels), np.asarray(enc.lengths), split)
 
 
 def _read_cache(path: Path, shape: tuple[int, int, int]) -> ExitSignals | None:
@@ -174,15 +115,17 @@ def _read_cache(path: Path, shape: tuple[int, int, int]) -> ExitSignals | None:
         return None
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        logits, lte = saved["logits"], saved.get("lte")
+        logits, lte, layer_tokens = saved["logits"], saved.get("lte"), saved.get("layer_tokens")
         if tuple(logits.shape) != shape or (lte is not None and tuple(lte.shape) != shape[:2]):
             raise ValueError(f"shape {tuple(logits.shape)}, expected {shape}")
+        if layer_tokens is not None and layer_tokens.shape[0] != shape[0]:
+            raise ValueError(f"layer_tokens for {layer_tokens.shape[0]} examples, expected {shape[0]}")
     except Exception as err:  # truncated, foreign or stale: recompute, never fail on a cache
         console.print(f"the logits cache {path} is unreadable ({type(err).__name__}): recomputing it")
         with contextlib.suppress(OSError):
             path.unlink()
         return None
-    return ExitSignals(logits, lte)
+    return ExitSignals(logits, lte, layer_tokens)
 
 
 def _write_cache(candidates: list[Path], signals: ExitSignals) -> None:
@@ -194,7 +137,8 @@ def _write_cache(candidates: list[Path], signals: ExitSignals) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = files.temp_file(path)
             try:
-                torch.save({"logits": signals.logits, "lte": signals.lte}, tmp)
+                saved = {"logits": signals.logits, "lte": signals.lte, "layer_tokens": signals.layer_tokens}
+                torch.save(saved, tmp)
                 os.replace(tmp, path)
             finally:
                 tmp.unlink(missing_ok=True)
@@ -208,7 +152,7 @@ def cost_dims(model: MultiExitModel) -> EncoderDims:
     """The dimensions that price this model's layers and exit heads (elastic_cli/cost.py)."""
     dims = EncoderDims.of(model.backbone, model.num_labels)
     head = model.heads.cost(model.heads.spec, dims.hidden, dims.num_labels)
-    return replace(dims, head=head, lte=model.lte is not None)
+    return replace(dims, head=head, lte=model.lte is not None, predictor=model.predictor_width)
 
 
 def score_name(num_labels: int) -> str:

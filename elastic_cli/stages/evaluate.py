@@ -88,18 +88,22 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
         for i, (split, examples) in enumerate(data.evals.items()):
             inputs = subject.encode(examples)
             cached = subject.outputs(split, inputs, cfg, device)
-            scores = _score_split(
-                cfg, split, rule, threshold, temperatures, cached, subject, subject.costs(inputs)
-            )
+            costs = subject.costs(inputs)
+            decisions = subject.decide(rule, cached, costs, threshold, temperatures)
+            scores = _score_split(cfg, split, rule, decisions, temperatures, cached, subject, costs)
             scores.log(subject.histogram_steps, cfg.evaluate.save_predictions)
             if i == 0:
                 headline = scores.metrics()
                 if cfg.evaluate.latency:
                     headline.update(
-                        _measure_latency(cfg, subject, inputs, cached, rule, threshold, temperatures, device)
+                        _measure_latency(
+                            cfg, subject, inputs, decisions, rule, threshold, temperatures, device
+                        )
                     )
                 tracking.log_metrics(headline)
                 tracking.log_exit_histogram(scores.exit_counts, subject.histogram_steps)
+                if scores.layer_tokens is not None:
+                    tracking.log_layer_tokens(scores.layer_tokens)
             _print(cfg, source, scores)
         if cfg.evaluate.latency:
             _print_latency(headline)
@@ -128,6 +132,7 @@ class SplitScores:
     exit_scores: list[float]  # each exit's own score on every example
     predictions: pd.DataFrame  # one row per example: label, prediction, exit, exit layer, tokens, ...
     curve: pd.DataFrame | None = None  # the rule's whole threshold curve (evaluate.grid)
+    layer_tokens: list[float] | None = None  # mean tokens entering each layer (a length-reducing model)
 
     @property
     def n_examples(self) -> int:
@@ -156,6 +161,19 @@ class SplitScores:
             "super_fraction": float(fractions[-1]),
             **{f"exit_fraction_{n}": float(f) for n, f in zip(self.exit_names, fractions)},
             **{f"exit_{self.score_name}_{n}": a for n, a in zip(self.exit_names, self.exit_scores)},
+            **self.token_metrics(),
+        }
+
+    def token_metrics(self) -> dict[str, float]:
+        """A length-reducing model's mean tokens entering the last layer and their share of the input."""
+        if self.layer_tokens is None:
+            return {}
+        full = float(self.predictions["tokens"].mean())
+        last = self.layer_tokens[-1]
+        return {
+            "mean_tokens_input": full,
+            "mean_tokens_last_layer": last,
+            "token_fraction_last_layer": last / full,
         }
 
     def log(self, histogram_steps: list[int], save_predictions: bool) -> None:
@@ -164,6 +182,8 @@ class SplitScores:
         split = self.split
         tracking.log_metrics({f"{split}/{k}": v for k, v in self.metrics().items()})
         tracking.log_exit_histogram(self.exit_counts, histogram_steps, prefix=f"{split}/")
+        if self.layer_tokens is not None:
+            tracking.log_layer_tokens(self.layer_tokens, prefix=f"{split}/")
         if save_predictions:
             tracking.log_dataframe(self.predictions, f"{split}/predictions.csv")
         if self.curve is not None:
@@ -180,7 +200,7 @@ def _score_split(
     cfg: RootConfig,
     split: str,
     rule: exits.ExitRule,
-    threshold: float,
+    decisions: subjects.Decisions,
     temperatures: torch.Tensor | None,
     cached: CachedOutputs,
     subject: subjects.Subject,
@@ -188,13 +208,13 @@ def _score_split(
 ) -> SplitScores:
     signals = cached.signals
     names = subject.exit_names
-    exit_idx, chosen = exits.simulate(rule, signals, threshold, temperatures)
+    chosen = decisions.logits
     regression = chosen.shape[-1] == 1
     preds = chosen[:, 0].numpy() if regression else chosen.argmax(dim=-1).numpy()
-    exit_idx_np = exit_idx.numpy()
+    exit_idx_np = decisions.exit_index
     layers_run = costs.exit_layers[exit_idx_np]
     scores = compute_metrics(cfg.task.metric, preds, cached.labels)
-    cost = costs.at(exit_idx_np)
+    cost = costs.at(exit_idx_np, decisions.adaptive_flops)
     per_exit = exit_scores(signals, cached.labels)
     counts = np.bincount(exit_idx_np, minlength=len(names))
     columns: dict[str, Any] = {
@@ -207,6 +227,10 @@ def _score_split(
     }
     if not regression:
         columns["confidence"] = chosen.softmax(dim=-1).max(dim=-1).values.numpy()
+    layer_tokens = None
+    if decisions.layer_tokens is not None:
+        columns["tokens_last_layer"] = decisions.layer_tokens[:, -1]
+        layer_tokens = [float(x) for x in decisions.layer_tokens.mean(axis=0)]
     curve = None
     if cfg.evaluate.grid:
         curve = subject.threshold_curve(rule, cached, costs, temperatures, cfg.evaluate.grid_size)
@@ -215,7 +239,7 @@ def _score_split(
         score_name=score_name(chosen.shape[-1]),
         task_scores=scores,
         task_metric=scores[main_metric(cfg.task.metric)],
-        threshold=threshold,
+        threshold=decisions.threshold,
         mean_exit_layer=float(layers_run.mean()),
         layer_speedup=cost["layer_speedup"],
         flops_speedup=cost["flops_speedup"],
@@ -226,6 +250,7 @@ def _score_split(
         exit_scores=[float(a) for a in per_exit],
         predictions=pd.DataFrame(columns),
         curve=curve,
+        layer_tokens=layer_tokens,
     )
 
 
@@ -233,7 +258,7 @@ def _measure_latency(
     cfg: RootConfig,
     subject: subjects.Subject,
     inputs: Any,
-    cached: CachedOutputs,
+    decisions: subjects.Decisions,
     rule: exits.ExitRule,
     threshold: float,
     temperatures: torch.Tensor | None,
@@ -241,7 +266,7 @@ def _measure_latency(
 ) -> dict[str, float]:
     """Batch-1 latency (p50/p90) and batched throughput, adaptive beside static (the full model, or a
     cascade's last model alone), in the same process."""
-    n = len(cached.labels)
+    n = len(decisions.exit_index)
     rng = np.random.default_rng(cfg.seed)
     subset = np.sort(rng.choice(n, size=min(cfg.evaluate.latency_samples, n), replace=False))
     singles = {int(subject.rows(b)[0]): b for b in subject.batches(inputs, 1, subset.tolist(), device)}
@@ -280,17 +305,18 @@ def _measure_latency(
         out[f"throughput_{name}"] = examples / (float(times.sum()) / 1000.0)
     out["throughput_speedup"] = out["throughput_adaptive"] / out["throughput_static"]
 
-    # honesty check: the real adaptive path must agree with the simulation from cached outputs
+    # honesty check: the real adaptive path, in the timed batches, must agree with the decisions scored
+    # (simulated from cached outputs, or a length-reducing model's pass in other batches): same exit,
+    # same prediction, same tokens kept
     agree = []
     with torch.inference_mode():
         for b in chunks:
             res = subject.adaptive(b, rule, threshold, temperatures)
-            sim_idx, sim_logits = exits.simulate(
-                rule, cached.signals.rows(subject.rows(b).cpu()), threshold, temperatures
-            )
-            agree.append(
-                (res.exit_index.cpu() == sim_idx) & (res.logits.argmax(-1).cpu() == sim_logits.argmax(-1))
-            )
+            exit_index, prediction, tokens = decisions.rows(subject.rows(b))
+            same = (res.exit_index.cpu() == exit_index) & (res.logits.argmax(-1).cpu() == prediction)
+            if tokens is not None and res.layer_tokens is not None:
+                same &= (res.layer_tokens.cpu() == tokens).all(dim=1)
+            agree.append(same)
     out["adaptive_agreement"] = float(torch.cat(agree).float().mean())
     return out
 

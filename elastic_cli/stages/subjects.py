@@ -1,28 +1,32 @@
-"""What `calibrate` and `evaluate` work on, whatever its shape: the exits of one multi-exit model, or the
-models of a cascade. Both give per-exit outputs [N, E, C] of a split (cached), what each exit costs, and
-the static and adaptive paths for timing; the stages need nothing else, so one code path scores both.
+"""What `calibrate` and `evaluate` work on, whatever its shape: the exits of one multi-exit model, the
+models of a cascade, or a length-reducing model. Each gives the outputs [N, E, C] of a split (cached),
+what each exit costs, what the adaptive model does at a threshold (`decide`: the exit rule on the cached
+outputs, or a real pass of a length-reducing model), its threshold curve, and the static and adaptive
+paths for timing; the stages need nothing else, so one code path scores them all.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 import torch
 
-from elastic_cli import calibration, checkpoint, exits
+from elastic_cli import calibration, checkpoint, cost, exits
 from elastic_cli.config import RootConfig
 from elastic_cli.cost import ExitCosts
 from elastic_cli.data import Batch, Encoded, batches, encode
 from elastic_cli.data.splits import Split
 from elastic_cli.errors import UserError
 from elastic_cli.models.cascade import Cascade, Member
+from elastic_cli.models.length_reducing import LengthReducingModel
 from elastic_cli.models.multi_exit import AdaptiveOutput
-from elastic_cli.stages.common import CachedOutputs, cached_outputs, cost_dims
+from elastic_cli.signals import ExitSignals
+from elastic_cli.stages.common import CachedOutputs, cached_outputs, cost_dims, exit_scores
 
 
 @dataclass
@@ -44,6 +48,23 @@ def describe(folder: Path) -> SubjectInfo:
         return SubjectInfo(meta.task, meta.num_labels, False, len(meta.members), meta.method, last.backbone)
     m = checkpoint.read_meta(folder)
     return SubjectInfo(m.task, m.num_labels, m.lte, len(m.exit_layers), m.method, m.backbone)
+
+
+@dataclass
+class Decisions:
+    """What the adaptive model does on every example of a split at one threshold."""
+
+    threshold: float
+    exit_index: np.ndarray  # [N] the exit each example leaves at
+    logits: torch.Tensor  # [N, C] its outputs there
+    adaptive_flops: np.ndarray  # [N] what it cost
+    layer_tokens: np.ndarray | None = None  # [N, L] tokens entering each layer (length reduction)
+
+    def rows(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Exit index, prediction and tokens per layer of the split's rows `index`."""
+        idx = index.cpu()
+        tokens = None if self.layer_tokens is None else torch.as_tensor(self.layer_tokens[idx.numpy()])
+        return torch.as_tensor(self.exit_index)[idx], self.logits[idx].argmax(-1), tokens
 
 
 class Subject(ABC):
@@ -87,6 +108,19 @@ class Subject(ABC):
     @abstractmethod
     def fingerprint(self) -> str:
         """Changes when any weights change: recorded with a calibration."""
+
+    def decide(
+        self,
+        rule: exits.ExitRule,
+        cached: CachedOutputs,
+        costs: ExitCosts,
+        threshold: float,
+        temperatures: torch.Tensor | None,
+    ) -> Decisions:
+        """The rule applied to the cached outputs at `threshold` (the adaptive path gives the same)."""
+        idx, chosen = exits.simulate(rule, cached.signals, threshold, temperatures)
+        index = idx.numpy()
+        return Decisions(threshold, index, chosen, costs.exit_flops[np.arange(len(index)), index])
 
     def threshold_curve(
         self,
@@ -229,10 +263,110 @@ class CascadeSubject(Subject):
         return ";".join(entry.weights for entry in self.meta.members)
 
 
+class LengthReducingSubject(MultiExitSubject):
+    """A length-reducing model (AdapLeR): one exit, after the last layer; the threshold multiplies the
+    learned eta. `outputs` are the full-length outputs (multiplier 0: no token leaves), the reference a
+    calibration target is measured against; every threshold is a real pass over the split, cached by
+    weights, split and multiplier."""
+
+    speed_column = "flops_speedup"
+
+    def __init__(self, folder: Path, device: torch.device) -> None:
+        super().__init__(folder, device)
+        self.splits: dict[str, tuple[Encoded, RootConfig, torch.device]] = {}
+
+    def outputs(
+        self, split_name: str, inputs: Encoded, cfg: RootConfig, device: torch.device
+    ) -> CachedOutputs:
+        self.splits[split_name] = (inputs, cfg, device)
+        return self._at(split_name, 0.0)
+
+    def _at(self, split_name: str, scale: float) -> CachedOutputs:
+        inputs, cfg, device = self.splits[split_name]
+        cast(LengthReducingModel, self.model).scale = float(scale)
+        out = cached_outputs(
+            self.folder,
+            self.fingerprint(),
+            f"{split_name}-eta{scale:g}",
+            self.model,
+            inputs,
+            cfg,
+            self.pad_id,
+            device,
+            variant=f"eta x {float(scale)!r}",
+        )
+        return replace(out, split=split_name)
+
+    def costs(self, inputs: Encoded) -> ExitCosts:
+        # leaving at the one exit with every token kept (the reference of `decide`'s real costs)
+        full = np.tile(np.asarray(inputs.lengths)[:, None], (1, self.dims.num_layers))
+        flops = cost.reduced_flops(inputs.lengths, full, self.dims)[:, None]
+        return ExitCosts(
+            flops,
+            cost.static_flops(inputs.lengths, self.dims),
+            np.asarray(self.exit_layers),
+            self.dims.num_layers,
+        )
+
+    def decide(
+        self,
+        rule: exits.ExitRule,
+        cached: CachedOutputs,
+        costs: ExitCosts,
+        threshold: float,
+        temperatures: torch.Tensor | None,
+    ) -> Decisions:
+        run = self._at(cached.split, threshold)
+        assert run.signals.layer_tokens is not None
+        tokens = run.signals.layer_tokens.numpy()
+        flops = cost.reduced_flops(run.lengths, tokens, self.dims)
+        index = np.zeros(len(run.labels), dtype=np.int64)
+        return Decisions(float(threshold), index, run.signals.logits[:, 0], flops, tokens)
+
+    def threshold_curve(
+        self,
+        rule: exits.ExitRule,
+        cached: CachedOutputs,
+        costs: ExitCosts,
+        temperatures: torch.Tensor | None,
+        grid_size: int,
+    ) -> pd.DataFrame:
+        """One real pass per multiplier of the rule's grid."""
+        rows = []
+        for t in rule.grid(self.num_labels, 1, grid_size).tolist():
+            d = self.decide(rule, cached, costs, t, temperatures)
+            score = float(exit_scores(ExitSignals(d.logits[:, None]), cached.labels)[0])
+            assert d.layer_tokens is not None
+            rows.append(
+                {
+                    "threshold": t,
+                    "score": score,
+                    "mean_exit_layer": float(self.exit_layers[-1]),
+                    "layer_speedup": 1.0,
+                    "flops_speedup": cost.ratio_of_totals(costs.reference_flops, d.adaptive_flops),
+                    "gflops_per_example": float(d.adaptive_flops.mean()) / 1e9,
+                    "mean_tokens_last_layer": float(d.layer_tokens[:, -1].mean()),
+                    f"exit_frac_{self.exit_names[0]}": 1.0,
+                    "super_fraction": 1.0,
+                }
+            )
+        curve = pd.DataFrame(rows)
+        if self.num_labels > 1:
+            curve.insert(1, "accuracy", curve["score"])
+        return curve
+
+
+# the subject of each model shape a checkpoint can hold (checkpoint.CheckpointMeta.shape)
+SUBJECTS: dict[str, type[MultiExitSubject]] = {
+    "multi_exit": MultiExitSubject,
+    "length_reducing": LengthReducingSubject,
+}
+
+
 def open_subject(folder: Path, device: torch.device) -> Subject:
     if checkpoint.is_cascade(folder):
         return CascadeSubject(folder, device)
-    return MultiExitSubject(folder, device)
+    return SUBJECTS[checkpoint.read_meta(folder).shape](folder, device)
 
 
 def check_matches(folder: Path, info: SubjectInfo, cfg: RootConfig) -> None:

@@ -94,12 +94,26 @@ def _run_locked(
         data = load_task_data(cfg.task, cfg.seed)
         if isinstance(method, CascadeMethod):
             return train_cascade(cfg, raw, method, data, folder, device, started, replaces)
-        fitted = fit(cfg, method, cfg.backbone, None, data, device, start=start, saver=saver, resume=resume)
+        fitted = fit(
+            cfg,
+            method,
+            cfg.backbone,
+            None,
+            data,
+            device,
+            start=start,
+            saver=saver,
+            resume=resume,
+            folder=folder,
+        )
         meta = checkpoint_meta(cfg, cfg.method.name, cfg.backbone, fitted, started)
         # checked again: the folder may have changed during hours of training
         checkpoint.check_replaceable(folder, cfg.method.name, cfg.backbone.name, cfg.task.name)
-        checkpoint.save(folder, fitted.model, fitted.tokenizer, raw, meta)
+        made = method.checkpoint_files(folder)
+        checkpoint.save(folder, fitted.model, fitted.tokenizer, raw, meta, extra_files=made)
         train_state.remove(state_file)
+        for path in made.values():  # now in the checkpoint
+            path.unlink(missing_ok=True)
         if replaces:
             console.print(f"replaced {replaces}")
         scores = fitted.best.scores

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import get_linear_schedule_with_warmup
+from torch.optim.lr_scheduler import LambdaLR
 
-from elastic_cli import tracking
+from elastic_cli import cost, tracking
 from elastic_cli.config import TrainConfig, TrainStageConfig
 from elastic_cli.data import Encoded, batches
 from elastic_cli.errors import UserError
@@ -28,7 +28,7 @@ from elastic_cli.methods import Method
 from elastic_cli.methods.objectives import Objective
 from elastic_cli.models.multi_exit import MultiExitModel
 from elastic_cli.stages import train_state
-from elastic_cli.stages.common import all_exit_outputs, exit_scores, progress, score_name
+from elastic_cli.stages.common import all_exit_outputs, cost_dims, exit_scores, progress, score_name
 
 
 def set_trainable(model: MultiExitModel, trainable: str) -> list[torch.nn.Parameter]:
@@ -48,10 +48,13 @@ def build_optimizer(
     model: MultiExitModel, objective: Objective, lr: float, train: TrainConfig
 ) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases and LayerNorm weights (as BERT fine-tuning does); the exit
-    heads may have their own lr (`train.head_lr`); learnable objective weights get their own group."""
+    heads may have their own lr (`train.head_lr`); learnable objective weights get their own group, and
+    so do the model parameters an objective trains apart (`Objective.parameter_groups`)."""
+    apart = objective.parameter_groups(model)
+    set_apart = {id(p) for group in apart for p in group["params"]}
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
-        if p.requires_grad:
+        if p.requires_grad and id(p) not in set_apart:
             groups.setdefault((not name.startswith("backbone."), p.ndim >= 2), []).append(p)
     head_lr = lr * (train.head_lr / train.lr) if train.head_lr else lr
     params: list[dict[str, Any]] = [
@@ -65,23 +68,76 @@ def build_optimizer(
     own = [p for p in objective.parameters() if p.requires_grad]
     if own:
         params.append({"params": own, "lr": objective.lr or lr, "weight_decay": 0.0})
+    params += [{**group, "weight_decay": 0.0, "constant_lr": True} for group in apart]
     return torch.optim.AdamW(params)
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> LambdaLR:
+    """Linear warm-up over `warmup` steps, then linear decay to 0 at `total` (BERT fine-tuning's), for
+    every group but those marked `constant_lr`."""
+
+    def linear(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    def constant(step: int) -> float:
+        return 1.0
+
+    return LambdaLR(optimizer, [constant if g.get("constant_lr") else linear for g in optimizer.param_groups])
 
 
 @dataclass
 class Best:
+    """The best-ranked weights so far (and, with a stage's keep_best > 1, the runners-up, best first)."""
+
     score: float = -1.0
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
     state: dict[str, torch.Tensor] = field(default_factory=dict)
     step: int = 0
     stage: int = 0
+    rank: list[float] = field(default_factory=list)
+    runners_up: list[dict[str, Any]] = field(default_factory=list)  # {"rank", "score", "state"}
 
     def saved(self) -> dict[str, Any]:
         return {**asdict(self), "scores": [float(x) for x in self.scores]}
 
     @classmethod
     def restored(cls, saved: dict[str, Any]) -> Best:
-        return cls(**{**saved, "scores": np.asarray(saved["scores"], dtype=np.float64)})
+        best = cls(**{**saved, "scores": np.asarray(saved["scores"], dtype=np.float64)})
+        if best.state and not best.rank:  # saved before ranks were: the score ranked
+            best.rank = [best.score]
+        return best
+
+    def states(self) -> list[dict[str, torch.Tensor]]:
+        """The kept weights, best first."""
+        return ([self.state] if self.state else []) + [r["state"] for r in self.runners_up]
+
+    def offer(
+        self,
+        rank: list[float],
+        score: float,
+        scores: np.ndarray,
+        model: MultiExitModel,
+        step: int,
+        stage: int,
+        keep: int,
+    ) -> Best:
+        """This epoch's weights, if they rank among the `keep` best so far."""
+        entries: list[dict[str, Any]] = []
+        if self.state:
+            entries.append({"rank": self.rank, "score": self.score, "state": self.state})
+        entries += self.runners_up
+        if len(entries) >= keep and all(rank <= e["rank"] for e in entries):
+            return self
+        state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        entries.append({"rank": rank, "score": score, "state": state, "new": True})
+        entries = sorted(entries, key=lambda e: e["rank"], reverse=True)[:keep]  # stable: earlier wins ties
+        top = entries[0]
+        runners_up = [{k: e[k] for k in ("rank", "score", "state")} for e in entries[1:]]
+        if top.get("new"):
+            return Best(score, np.asarray(scores), state, step, stage, rank, runners_up)
+        return Best(self.score, self.scores, self.state, self.step, self.stage, self.rank, runners_up)
 
 
 # test hook: SIGKILL this process once it has taken that many optimizer steps, over all the models it
@@ -160,7 +216,7 @@ def train_stage(
     steps_per_epoch = math.ceil(len(enc_train.labels) / train.batch_size)
     epochs = train.epochs if stage.epochs is None else stage.epochs
     total = train.max_steps if train.max_steps > 0 else max(1, math.ceil(epochs * steps_per_epoch))
-    schedule = get_linear_schedule_with_warmup(optimizer, int(train.warmup_ratio * total), total)
+    schedule = lr_schedule(optimizer, int(train.warmup_ratio * total), total)
     final_only = stage.objective == "final_only"
     label = f"train stage {s + 1} ({stage.objective})" if len(method.stages()) > 1 else "train"
     done, epoch, skip_batches = 0, 0, 0
@@ -176,8 +232,12 @@ def train_stage(
             position = train_state.Position(stage=s, epoch=epoch, batch=batch, done=done, step=step)
             saver.save(position, model, optimizer, schedule, objective, best)
 
-    # ELBERT's exit weights are clipped with the model's parameters, as ELBERT clips them
-    trainable = [p for p in model.parameters() if p.requires_grad] + list(objective.parameters())
+    # ELBERT's exit weights are clipped with the model's parameters, as ELBERT clips them; parameters an
+    # objective trains apart (AdapLeR's eta and theta) are not clipped
+    apart = {id(p) for g in optimizer.param_groups if g.get("constant_lr") for p in g["params"]}
+    trainable = [p for p in model.parameters() if p.requires_grad and id(p) not in apart]
+    trainable += list(objective.parameters())
+    epochs_in_stage = math.ceil(total / steps_per_epoch)
     if not any(p.requires_grad for p in model.parameters()):
         raise UserError(
             f"training stage {s + 1} ({stage.objective}, {stage.trainable}) has nothing to train: "
@@ -189,24 +249,29 @@ def train_stage(
             bar.update(task, advance=done, info=f"resumed at step {done}")
         while done < total:
             model.train()
+            objective.start_epoch(model, epoch, epochs_in_stage)
             epoch_batches = batches(
                 enc_train, train.batch_size, pad_id=pad_id, shuffle=True, seed=seed + epoch
             )
             for i, batch in enumerate(itertools.islice(epoch_batches, skip_batches, None), skip_batches):
                 batch = batch.to(device)
                 out = model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
-                loss = method.loss(objective, out, batch.labels, done)
+                loss = method.loss(objective, out, batch.labels, done, rows=batch.index)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                objective.backward(loss)
                 torch.nn.utils.clip_grad_norm_(trainable, train.max_grad_norm)
                 optimizer.step()
+                objective.after_step(model)
                 schedule.step()
                 done += 1
                 step += 1
                 bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {loss.item():.4f}")
                 if done % train.log_every == 0 or done == total:
                     tracking.log_metrics(
-                        {f"{prefix}train/loss": loss.item(), f"{prefix}train/lr": schedule.get_last_lr()[0]},
+                        {
+                            f"{prefix}train/loss": loss.item(),
+                            f"{prefix}train/lr": float(schedule.get_last_lr()[0]),
+                        },
                         step,
                     )
                 # (the last batch of an epoch is saved at its end, after the epoch's evaluation)
@@ -218,10 +283,8 @@ def train_stage(
                     break
             skip_batches = 0
             epoch += 1
-            scores = exit_scores(
-                all_exit_outputs(model, enc_cal, eval_batch_size, pad_id, device, "calibration"),
-                enc_cal.labels,
-            )
+            signals = all_exit_outputs(model, enc_cal, eval_batch_size, pad_id, device, "calibration")
+            scores = exit_scores(signals, enc_cal.labels)
             name = score_name(model.num_labels)
             metrics = {
                 f"{prefix}calibration/exit_{name}_L{layer}": float(a)
@@ -229,12 +292,19 @@ def train_stage(
             }
             metrics[f"{prefix}calibration/mean_exit_{name}"] = float(scores.mean())
             metrics.update(objective.logged(model.exit_layers))
+            speedup = None
+            if signals.layer_tokens is not None:  # a length-reducing model: what its dropping saves
+                tokens = signals.layer_tokens.numpy()
+                adaptive = cost.reduced_flops(enc_cal.lengths, tokens, cost_dims(model))
+                speedup = cost.ratio_of_totals(cost.static_flops(enc_cal.lengths, cost_dims(model)), adaptive)
+                metrics[f"{prefix}calibration/flops_speedup"] = speedup
+                metrics[f"{prefix}calibration/mean_tokens_last_layer"] = float(tokens[:, -1].mean())
             tracking.log_metrics(metrics, step)
             score = float(scores[-1] if final_only else scores.mean())
-            bar.update(task, info=f"epoch {epoch} {'final' if final_only else 'mean'} exit score {score:.4f}")
-            if score > best.score:
-                state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                best = Best(score=score, scores=np.asarray(scores), state=state, step=step, stage=s)
+            shown = f"epoch {epoch} {'final' if final_only else 'mean'} exit score {score:.4f}"
+            bar.update(task, info=shown + (f", FLOPs speed-up {speedup:.2f}x" if speedup is not None else ""))
+            rank = [float(r) for r in objective.rank(score, speedup)]
+            best = best.offer(rank, score, scores, model, step, s, stage.keep_best)
             save_state(epoch, 0)
     model.requires_grad_(True)
     return best, step

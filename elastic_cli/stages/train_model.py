@@ -6,6 +6,7 @@ their second stage from the best weights of the first.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,9 +21,10 @@ from elastic_cli.config import BackboneConfig, RootConfig, parse_exit_layers
 from elastic_cli.data import encode
 from elastic_cli.data.splits import TaskData
 from elastic_cli.methods import Method
+from elastic_cli.methods.base import StageContext
 from elastic_cli.models.heads import HeadSpec
 from elastic_cli.models.loading import build_backbone
-from elastic_cli.models.multi_exit import MultiExitModel
+from elastic_cli.models.multi_exit import MODEL_SHAPES, MultiExitModel
 from elastic_cli.stages import init_from, train_state
 from elastic_cli.stages.common import console
 from elastic_cli.stages.train_loop import Best, Saver, train_stage
@@ -49,17 +51,18 @@ def fit(
     start: init_from.Start | None = None,
     saver: Saver | None = None,
     resume: train_state.TrainState | None = None,
+    folder: Path | None = None,
 ) -> Fitted:
     """Build `method`'s model on `backbone_cfg` (its first `keep_layers` layers, if set) and train it
     stage by stage, the stages `start` stands for skipped, from where `resume` stopped if given; the
-    model comes back with the best weights loaded."""
+    model comes back with the best weights loaded. `folder` is the checkpoint it is trained for."""
     train_texts = [t for row in data.train.texts for t in row]
     backbone, tokenizer = build_backbone(backbone_cfg, train_texts=train_texts, seed=cfg.seed)
     if keep_layers is not None:
         backbone.truncate(keep_layers)
     exit_layers = parse_exit_layers(method.cfg.exit_layers, backbone.num_layers)
     head = method.head_spec(backbone_cfg)
-    model = MultiExitModel(
+    model = MODEL_SHAPES.get(method.model_shape)(
         backbone,
         exit_layers,
         cfg.task.num_labels,
@@ -68,6 +71,7 @@ def fit(
         lte=method.cfg.lte,
         stop_gradient=method.cfg.stop_gradient,
         gradient_equilibrium=method.cfg.gradient_equilibrium,
+        **method.shape_settings(),
     ).to(device)
     pad_id = int(tokenizer.pad_token_id)
     enc_train = encode(data.train, tokenizer, cfg.task.max_seq_length)
@@ -98,9 +102,25 @@ def fit(
         skip = resume.position.stage
     for s, stage in enumerate(method.stages()[skip:], start=skip):
         resuming = resume if resume is not None and s == resume.position.stage else None
+        context = StageContext(
+            train=enc_train,
+            calibration=enc_cal,
+            pad_id=pad_id,
+            device=device,
+            batch_size=cfg.device.eval_batch_size,
+            init_from_weights=checkpoint.weights_fingerprint(start.folder) if start is not None else "",
+            work=folder,
+            resuming=resuming is not None,
+        )
+        if start is not None and s == skip:  # the init_from checkpoint's own score on this calibration split
+            context.previous_score = float(
+                start.meta.train_metrics.get("calibration_exit_scores", [math.nan])[-1]
+            )
         if s > skip:
+            context.previous, context.previous_score = best.states(), best.score
             model.load_state_dict(best.state)  # a later stage starts from the best of the one before
             best = Best()
+        method.prepare_stage(s, stage, model, context)
         best, step = train_stage(
             cfg.train,
             s,
@@ -140,6 +160,8 @@ def checkpoint_meta(
         max_seq_length=cfg.task.max_seq_length,
         head={k: v for k, v in asdict(fitted.head).items() if k != "pooling"},
         lte=fitted.model.lte is not None,
+        shape=fitted.model.name,
+        shape_settings=fitted.model.shape_settings(),
         format=checkpoint.FORMAT,
         train_metrics={
             "best_step": fitted.best.step,
