@@ -5,6 +5,7 @@ Hydra's compose API, `to_root`) and printed by the CLI's own `fail`; a few run t
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -445,3 +446,21 @@ def test_a_fastbert_head_whose_width_does_not_split_into_its_heads_is_refused(hy
     with pytest.raises(UserError, match="method.head=fastbert: a fastbert head of width 10 cannot have 3"):
         compose_root("method=fastbert", "method.head_hidden=10", "method.head_attention_heads=3")
     compose_root("method=fastbert", "method.head_hidden=12", "method.head_attention_heads=3")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["method=adapler", "method/exit=maxprob"], "method.exit=maxprob does not apply to method adapler"),
+        (["method=sweet", "method/exit=token_drop"], "method.exit=token_drop does not apply to method sweet"),
+        (
+            ["method=adapler", "backbone=tiny-deberta"],
+            "backbone.family=deberta: AdapLeR's soft token removal",
+        ),
+        (["method=adapler", "method.gamma=-1"], "method.gamma"),
+        (["method=adapler", "method.eta_init=2"], "method.eta_init"),
+    ],
+)
+def test_adapler_settings_that_cannot_work_are_refused(hydra_ctx, args, needle):
+    with pytest.raises(UserError, match=re.escape(needle)):
+        compose_root(*args)
