@@ -97,8 +97,9 @@ def _swap_in(tmp: Path, folder: Path) -> None:
 
 
 # what a checkpoint folder may hold: anything else there is not ours, and train refuses to replace it
+SALIENCY = "saliency.safetensors"  # AdapLeR's saliency targets (elastic_cli/saliency.py)
 OWN_ENTRIES = frozenset(
-    {WEIGHTS, META, CALIBRATION, "backbone", "config.yaml", "cache", "members", "cascade.json"}
+    {WEIGHTS, META, CALIBRATION, SALIENCY, "backbone", "config.yaml", "cache", "members", "cascade.json"}
 )
 
 

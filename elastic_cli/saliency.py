@@ -19,13 +19,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from elastic_cli import files
+from elastic_cli import checkpoint, files
 from elastic_cli.data import Batch, Encoded, batches
 from elastic_cli.models.adapters import EncoderState
 from elastic_cli.models.multi_exit import MultiExitModel
 from elastic_cli.progress import progress
 
-FILE = "saliency.safetensors"
+FILE = checkpoint.SALIENCY
 
 
 def saliency(

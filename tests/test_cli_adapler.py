@@ -57,6 +57,23 @@ def test_train_keeps_the_saliency_targets_and_a_length_reducing_checkpoint(adapl
     assert train["metrics.calibration/flops_speedup"] > 0
 
 
+def test_training_again_replaces_the_checkpoint_and_reuses_its_saliency_targets(adapler, tmp_path):
+    root, args = adapler
+    out = tmp_path / "out"
+    import shutil
+
+    shutil.copytree(
+        root / "out" / "checkpoints", out / "checkpoints"
+    )  # the fixture's checkpoint, not touched
+    proc = ok(elastic("train", *args, f"outputs={out}", "method.gamma=0.01", cwd=root))
+    said = " ".join(proc.stderr.split())
+    assert "saliency targets from" in said and "replaced the adapler checkpoint" in said
+    meta = json.loads(
+        (out / "checkpoints" / "sst2" / "adapler" / "tiny-bert" / "seed42" / "meta.json").read_text()
+    )
+    assert meta["shape"] == "length_reducing"
+
+
 def test_calibrate_chooses_an_eta_multiplier(adapler):
     root, _ = adapler
     calib = json.loads((_ckpt(root) / "calibration.json").read_text())

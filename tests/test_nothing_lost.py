@@ -274,8 +274,14 @@ def _train_runs(out: Path):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "method,kill_after",
-    [("early_exit", 23), pytest.param("deebert", 41, marks=pytest.mark.extended)],
-    ids=["mid-epoch", "second-stage"],
+    [
+        ("early_exit", 23),
+        pytest.param("deebert", 41, marks=pytest.mark.extended),
+        # stage 3 of AdapLeR (30 steps of fine-tuning, then 5 epochs): its saliency targets and the
+        # score its selection compares with survive the kill
+        pytest.param("adapler", 52, marks=pytest.mark.extended),
+    ],
+    ids=["mid-epoch", "second-stage", "adapler-predictors"],
 )
 def test_killed_training_resumes_to_identical_weights(workdir: Path, tmp_path: Path, method: str, kill_after):
     # 450 training examples / 32 = 15 steps an epoch; a state every 4 steps

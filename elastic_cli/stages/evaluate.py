@@ -336,6 +336,10 @@ def _print(cfg: RootConfig, source: str, scores: SplitScores) -> None:
         f"{main_metric(cfg.task.metric)} {scores.task_metric:.4f} | mean exit layer {scores.mean_exit_layer:.2f} | "
         f"layer speed-up {scores.layer_speedup:.2f}x | FLOPs speed-up {scores.flops_speedup:.2f}x"
     )
+    if scores.layer_tokens is not None:
+        full = float(scores.predictions["tokens"].mean())
+        kept = " ".join(f"{t:.1f}" for t in scores.layer_tokens)
+        console.print(f"mean tokens: {full:.1f} in, entering layers 1..{len(scores.layer_tokens)}: {kept}")
 
 
 def _print_latency(h: dict[str, float]) -> None:
