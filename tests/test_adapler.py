@@ -312,3 +312,70 @@ def test_reduced_flops_on_hand_made_lengths():
     # no dropping: the static model plus the predictors, which dropping must earn back
     full = cost.reduced_flops(n, np.stack([n, n], axis=1), d)
     np.testing.assert_allclose(full - cost.static_flops(n, d), per_token_predictor * 2 * n)
+
+
+# ---------------------------------------------------------------- stage 2: computed once, then reused
+
+
+def _context(tmp_path, model, tokenizer, previous):
+    from elastic_cli.methods.base import StageContext
+
+    lengths = [6, 4, 8]
+    ids, _ = _batch(tokenizer, lengths, seed=2)
+    enc = Encoded([ids[i, :n].tolist() for i, n in enumerate(lengths)], None, np.array([0, 1, 2]))
+    return StageContext(
+        train=enc,
+        calibration=enc,
+        pad_id=int(tokenizer.pad_token_id),
+        device=torch.device("cpu"),
+        batch_size=2,
+        previous=previous,
+        previous_score=0.9,
+        work=tmp_path / "seed42",
+    )
+
+
+def test_saliency_targets_are_stored_beside_the_checkpoint_and_reused(tmp_path, monkeypatch):
+    from elastic_cli.config import TrainStageConfig
+    from elastic_cli.methods.adapler import Adapler, AdaplerConfig
+
+    model, tokenizer = _model("bert", layers=2)
+    states = [{k: v.clone() for k, v in model.state_dict().items()}]
+    stage = TrainStageConfig(objective="adapler")
+    first = Adapler(AdaplerConfig(name="adapler"))
+    first.prepare_stage(1, stage, model, _context(tmp_path, model, tokenizer, states))
+    work = tmp_path / "seed42.saliency.safetensors"
+    assert work.is_file() and model.reducing and first.reference == 0.9
+    assert first.checkpoint_files(tmp_path / "seed42") == {"saliency.safetensors": work}
+
+    def never(*args, **kwargs):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr(saliency, "averaged_saliency", never)
+    again = Adapler(AdaplerConfig(name="adapler"))
+    again.prepare_stage(1, stage, model, _context(tmp_path, model, tokenizer, states))
+    assert torch.equal(again.targets, first.targets)
+    # other stage-1 weights: other targets
+    other = [{k: v + 0.01 if v.is_floating_point() else v for k, v in states[0].items()}]
+    with pytest.raises(AssertionError, match="recomputed"):
+        again.prepare_stage(1, stage, model, _context(tmp_path, model, tokenizer, other))
+    # stage 1 (plain fine-tuning) runs without dropping
+    again.prepare_stage(
+        0, TrainStageConfig(objective="final_only"), model, _context(tmp_path, model, tokenizer, [])
+    )
+    assert not model.reducing
+
+
+def test_a_checkpoint_holding_its_saliency_targets_can_be_replaced(tmp_path):
+    import json
+
+    from elastic_cli import checkpoint
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / checkpoint.META).write_text(
+        json.dumps({"method": "adapler", "backbone": "tiny-bert", "task": "sst2"})
+    )
+    (folder / checkpoint.WEIGHTS).write_bytes(b"w")
+    (folder / checkpoint.SALIENCY).write_bytes(b"s")
+    assert "adapler checkpoint" in checkpoint.check_replaceable(folder, "adapler", "tiny-bert", "sst2")

@@ -57,6 +57,7 @@ def test_train_keeps_the_saliency_targets_and_a_length_reducing_checkpoint(adapl
     assert train["metrics.calibration/flops_speedup"] > 0
 
 
+@pytest.mark.extended  # (in CI: tests/test_adapler.py, the reuse and the replaceable folder, in-process)
 def test_training_again_replaces_the_checkpoint_and_reuses_its_saliency_targets(adapler, tmp_path):
     root, args = adapler
     out = tmp_path / "out"
