@@ -42,14 +42,21 @@ def main() -> None:
         static, ada = latest(runs, "static"), latest(runs, "adapler")
         metric = ada["params.task.metric"]
         split = a.split
+        scores = {
+            "static acc": static[f"metrics.{split}/accuracy"],
+            "adapler acc": ada[f"metrics.{split}/accuracy"],
+        }
+        if metric != "accuracy":  # the task's own metric too (MRPC: F1)
+            scores = {
+                f"static {metric}": static[f"metrics.{split}/task_metric"],
+                f"adapler {metric}": ada[f"metrics.{split}/task_metric"],
+                **scores,
+            }
         rows.append(
             {
                 "task": task,
                 "backbone": ada["tags.elastic.backbone"],
-                f"static {metric}": static[f"metrics.{split}/task_metric"],
-                "static acc": static[f"metrics.{split}/accuracy"],
-                f"adapler {metric}": ada[f"metrics.{split}/task_metric"],
-                "adapler acc": ada[f"metrics.{split}/accuracy"],
+                **scores,
                 "eta x": float(ada["params.exit_threshold"]),
                 "tokens in": ada[f"metrics.{split}/mean_tokens_input"],
                 "tokens last layer": ada[f"metrics.{split}/mean_tokens_last_layer"],
