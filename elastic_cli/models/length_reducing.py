@@ -115,7 +115,7 @@ class LengthReducingModel(MultiExitModel):
         lte: bool = False,
         predictor_width: int = 32,
         eta_init: float = 0.25,
-        **unused: Any,
+        **unused: Any,  # the multi-exit training switches (stop_gradient, ...): no meaning with one exit
     ) -> None:
         check_family(backbone)
         if list(exit_layers) != [backbone.num_layers] or lte:
