@@ -24,7 +24,7 @@ ARGS = [a for a in TINY if not a.startswith(("method=", "train.epochs="))] + [
 @pytest.fixture(scope="module")
 def adapler(tmp_path_factory) -> tuple[Path, list[str]]:
     root = tmp_path_factory.mktemp("adapler")
-    write_synthetic_task(root / "data", n_train=600, n_dev=120, seed=0)
+    write_synthetic_task(root / "data", n_train=450, n_dev=120, seed=0)
     args = [*ARGS, f"task.data_dir={root / 'data'}", f"outputs={root / 'out'}"]
     ok(elastic("train", *args, cwd=root))
     ok(elastic("calibrate", *args, cwd=root))
@@ -128,6 +128,7 @@ def test_the_eta_multiplier_sweep_is_one_parent_with_a_child_per_point(adapler):
     assert by_t["metrics.flops_speedup"].is_monotonic_increasing
 
 
+@pytest.mark.extended  # (the same check in-process: tests/test_bad_input_config.py)
 def test_a_backbone_that_cannot_drop_tokens_is_a_one_line_error(tmp_path):
     # (the other settings AdapLeR refuses are checked at composition: tests/test_bad_input_config.py)
     args = [a for a in ARGS if not a.startswith("backbone=")]

@@ -322,6 +322,7 @@ def test_killed_training_resumes_to_identical_weights(workdir: Path, tmp_path: P
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # (kill and resume in CI: the early_exit case above; the suite's 20 minutes)
 def test_killed_cascade_resumes_keeping_the_models_it_trained(workdir: Path, tmp_path: Path):
     # SWEET's multi-model baseline with two models of 15 steps an epoch; killed in the second model
     args = [a for a in _args(workdir) if not a.startswith("method=")]
