@@ -15,9 +15,11 @@ pytestmark = pytest.mark.slow
 ARGS = [a for a in TINY if not a.startswith(("method=", "train.epochs="))] + [
     "method=adapler",
     "train.epochs=3",
-    # the predictors' stage: 3 epochs here (AdapLeR's 5 in conf/method/adapler.yaml)
-    "method.stages=[{objective: final_only, trainable: all, keep_best: 3},{objective: adapler, epochs: 3}]",
+    # the predictors' stage: 2 epochs here (AdapLeR's 5 in conf/method/adapler.yaml)
+    "method.stages=[{objective: final_only, trainable: all, keep_best: 3},{objective: adapler, epochs: 2}]",
     "method.exit.sweep=0,1,3",
+    "calibrate.grid_size=5",  # token_drop's grid: 0, 0.5, 1, 1.5, 3 (each point a pass)
+    "evaluate.grid_size=5",
 ]
 
 
@@ -112,6 +114,7 @@ def test_evaluate_logs_tokens_per_layer_flops_and_latency(adapler):
     assert curve.iloc[0]["threshold"] == 0.0 and curve.iloc[0]["flops_speedup"] < 1.0  # predictors cost
 
 
+@pytest.mark.extended  # CI runs a threshold sweep in test_cli.py
 def test_the_eta_multiplier_sweep_is_one_parent_with_a_child_per_point(adapler):
     root, args = adapler
     ok(

@@ -128,7 +128,7 @@ def test_elang_reuses_a_static_checkpoint_as_super(workdir: Path, tmp_path: Path
     _one_line_error(proc, "rewritten", "elastic train")
 
 
-@pytest.mark.extended  # a cascade runs end to end in CI with E-LANG (and multi_model resumes in test_nothing_lost)
+@pytest.mark.extended  # a cascade runs end to end in CI with E-LANG
 def test_multi_model_counts_every_model_that_ran(workdir: Path, tmp_path: Path):
     out = tmp_path / "out"
     _pipeline(
@@ -193,6 +193,12 @@ def test_bad_cascade_input_is_one_line(workdir: Path, tmp_path: Path):
         elastic("train", *ELANG, *BASE, data, out, f"method.swift_ckpt={missing}", cwd=workdir),
         "no checkpoint",
     )
+
+
+@pytest.mark.extended  # (one-line errors of a cascade in CI: the two above; the suite's 20 minutes)
+def test_more_bad_cascade_input_is_one_line(workdir: Path, tmp_path: Path):
+    data = f"task.data_dir={workdir / 'data'}"
+    out = f"outputs={tmp_path}"
     _one_line_error(
         elastic("train", "method=elang", *BASE, data, out, "method.exit.temperature=0", cwd=workdir),
         "temperature",
