@@ -33,8 +33,9 @@ def check(cfg: RootConfig) -> None:
     head = HEADS.get(cfg.method.head)
     method = METHODS.get(cfg.method.name)
     validate(cfg)
+    built = method(cfg.method)
     # the head the method builds from its settings (FastBERT's width must split into its attention heads)
-    problem = head.spec_problem(method(cfg.method).head_spec(cfg.backbone))
+    problem = head.spec_problem(built.head_spec(cfg.backbone))
     if problem is not None:
         raise UserError(f"method.head={cfg.method.head}: {problem}")
     rule = RULES.get(cfg.method.exit.name)
@@ -44,7 +45,7 @@ def check(cfg: RootConfig) -> None:
             f"method.exit={rule.name} does not apply to method {cfg.method.name} (a {method.model_shape} "
             f"model): use method/exit= one of {usable}"
         )
-    problem = method(cfg.method).backbone_problem(FAMILIES.get(cfg.backbone.family))
+    problem = built.backbone_problem(FAMILIES.get(cfg.backbone.family))
     if problem is not None:
         raise UserError(f"backbone.family={cfg.backbone.family}: {problem}")
     for stage in cfg.method.stages or [TrainStageConfig(objective=cfg.method.objective)]:

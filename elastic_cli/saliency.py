@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from elastic_cli import checkpoint, files
@@ -122,8 +122,6 @@ def load(path: Path, key: str | None) -> torch.Tensor | None:
     if not path.is_file():
         return None
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             stored = (f.metadata() or {}).get("key")
         if key is not None and stored != key:

@@ -69,6 +69,7 @@ class AdaplerObjective(Objective):
 
     targets: torch.Tensor
     reference: torch.Tensor
+    reads_rows = True
 
     def __init__(
         self,
@@ -208,18 +209,6 @@ class Adapler(Method[AdaplerConfig]):
             "reference": self.reference,
             "tolerance": c.selection_tolerance,
         }
-
-    def loss(
-        self,
-        objective: Objective,
-        out: ExitSignals,
-        labels: torch.Tensor,
-        step: int,
-        rows: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if isinstance(objective, AdaplerObjective):
-            return objective(out, labels, step, rows=rows)
-        return super().loss(objective, out, labels, step, rows)
 
     def prepare_stage(
         self, s: int, stage: TrainStageConfig, model: MultiExitModel, context: StageContext

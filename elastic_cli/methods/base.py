@@ -78,7 +78,9 @@ class Method(Generic[C]):
         rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The training loss of a batch; `rows` are its row numbers in the training split."""
-        loss = objective(out, labels, step)
+        loss = (
+            objective(out, labels, step, rows=rows) if objective.reads_rows else objective(out, labels, step)
+        )
         if out.lte is not None:
             loss = loss + self.cfg.lte_weight * lte_loss(out, labels)
         return loss

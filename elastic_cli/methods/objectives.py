@@ -32,6 +32,8 @@ class Objective(nn.Module):
     weights) hold their parameters, which the trainer optimises in their own group at `lr`."""
 
     lr: float | None = None
+    # forward also takes `rows`, the batch's row numbers in the training split (AdapLeR's saliency targets)
+    reads_rows: bool = False
 
     def __init__(self, exit_layers: Sequence[int]) -> None:
         super().__init__()

@@ -337,7 +337,7 @@ def _print(cfg: RootConfig, source: str, scores: SplitScores) -> None:
         f"layer speed-up {scores.layer_speedup:.2f}x | FLOPs speed-up {scores.flops_speedup:.2f}x"
     )
     if scores.layer_tokens is not None:
-        full = float(scores.predictions["tokens"].mean())
+        full = scores.token_metrics()["mean_tokens_input"]
         kept = " ".join(f"{t:.1f}" for t in scores.layer_tokens)
         console.print(f"mean tokens: {full:.1f} in, entering layers 1..{len(scores.layer_tokens)}: {kept}")
 

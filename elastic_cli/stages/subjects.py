@@ -164,8 +164,13 @@ class MultiExitSubject(Subject):
     def outputs(
         self, split_name: str, inputs: Encoded, cfg: RootConfig, device: torch.device
     ) -> CachedOutputs:
+        return self._cached(split_name, inputs, cfg, device)
+
+    def _cached(
+        self, name: str, inputs: Encoded, cfg: RootConfig, device: torch.device, variant: str = ""
+    ) -> CachedOutputs:
         return cached_outputs(
-            self.folder, self.fingerprint(), split_name, self.model, inputs, cfg, self.pad_id, device
+            self.folder, self.fingerprint(), name, self.model, inputs, cfg, self.pad_id, device, variant
         )
 
     def costs(self, inputs: Encoded) -> ExitCosts:
@@ -284,17 +289,7 @@ class LengthReducingSubject(MultiExitSubject):
     def _at(self, split_name: str, scale: float) -> CachedOutputs:
         inputs, cfg, device = self.splits[split_name]
         cast(LengthReducingModel, self.model).scale = float(scale)
-        out = cached_outputs(
-            self.folder,
-            self.fingerprint(),
-            f"{split_name}-eta{scale:g}",
-            self.model,
-            inputs,
-            cfg,
-            self.pad_id,
-            device,
-            variant=f"eta x {float(scale)!r}",
-        )
+        out = self._cached(f"{split_name}-eta{scale:g}", inputs, cfg, device, f"eta x {float(scale)!r}")
         return replace(out, split=split_name)
 
     def costs(self, inputs: Encoded) -> ExitCosts:

@@ -295,8 +295,9 @@ def train_stage(
             speedup = None
             if signals.layer_tokens is not None:  # a length-reducing model: what its dropping saves
                 tokens = signals.layer_tokens.numpy()
-                adaptive = cost.reduced_flops(enc_cal.lengths, tokens, cost_dims(model))
-                speedup = cost.ratio_of_totals(cost.static_flops(enc_cal.lengths, cost_dims(model)), adaptive)
+                dims = cost_dims(model)
+                adaptive = cost.reduced_flops(enc_cal.lengths, tokens, dims)
+                speedup = cost.ratio_of_totals(cost.static_flops(enc_cal.lengths, dims), adaptive)
                 metrics[f"{prefix}calibration/flops_speedup"] = speedup
                 metrics[f"{prefix}calibration/mean_tokens_last_layer"] = float(tokens[:, -1].mean())
             tracking.log_metrics(metrics, step)

@@ -91,6 +91,7 @@ def fit(
     best = Best()
     step = 0
     skip = start.stages_done if start is not None else 0
+    fingerprint = ""
     if start is not None:
         init_from.load_into(model, start)
         console.print(f"stage 1 done: backbone and final classifier from {start.folder}")
@@ -108,7 +109,7 @@ def fit(
             pad_id=pad_id,
             device=device,
             batch_size=cfg.device.eval_batch_size,
-            init_from_weights=checkpoint.weights_fingerprint(start.folder) if start is not None else "",
+            init_from_weights=fingerprint,
             work=folder,
             resuming=resuming is not None,
         )
