@@ -19,9 +19,17 @@ from compare_methods import markdown
 from mlflow.tracking import MlflowClient
 
 
+def threshold(runs: pd.DataFrame) -> pd.Series:
+    """The evaluated threshold: the param exit.threshold (exit_threshold in stores of older elastic)."""
+    for column in ("params.exit.threshold", "params.exit_threshold"):
+        if column in runs:
+            return runs[column]
+    return pd.Series(None, index=runs.index, dtype=object)
+
+
 def latest(runs: pd.DataFrame, method: str) -> pd.Series:
     chosen = runs[(runs["tags.elastic.method"] == method) & (runs["tags.elastic.stage"] == "evaluate")]
-    chosen = chosen[(chosen["status"] == "FINISHED") & (chosen["params.exit_threshold"].notna())]
+    chosen = chosen[(chosen["status"] == "FINISHED") & (threshold(chosen).notna())]
     if chosen.empty:
         raise SystemExit(f"no finished evaluate run of method={method}")
     return chosen.sort_values("start_time").iloc[-1]
@@ -57,7 +65,7 @@ def main() -> None:
                 "task": task,
                 "backbone": ada["tags.elastic.backbone"],
                 **scores,
-                "eta x": float(ada["params.exit_threshold"]),
+                "eta x": float(threshold(ada.to_frame().T).iloc[0]),
                 "tokens in": ada[f"metrics.{split}/mean_tokens_input"],
                 "tokens last layer": ada[f"metrics.{split}/mean_tokens_last_layer"],
                 "FLOPs x": ada[f"metrics.{split}/flops_speedup"],

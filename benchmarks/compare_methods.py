@@ -41,10 +41,12 @@ def markdown(df: pd.DataFrame, digits: int = 4) -> str:
 def variants(runs: pd.DataFrame) -> pd.Series:
     """A label per run for the exit-rule settings (besides the threshold) that differ between one
     method's evaluate runs, e.g. " (window=8)"; "" for a method evaluated one way only."""
+    # the evaluated rule is exit.* (method.exit.* in stores of older elastic)
     keys = [
         c
         for c in runs.columns
-        if c.startswith("params.method.exit.") and c.rsplit(".", 1)[1] not in ("threshold", "sweep")
+        if c.startswith(("params.exit.", "params.method.exit."))
+        and c.rsplit(".", 1)[1] not in ("threshold", "sweep", "threshold_source", "temperature_scaled")
     ]
     labels = pd.Series("", index=runs.index)
     for _, group in runs.groupby("tags.elastic.method"):
@@ -85,7 +87,7 @@ def main() -> None:
         rows.append(
             {
                 "method": method + label,
-                "rule": run.get("params.method.exit.name"),
+                "rule": run.get("params.exit.name", run.get("params.method.exit.name")),
                 "full depth": exits[-1][1],
                 "calibrated: acc": run[f"metrics.{a.split}/accuracy"],
                 "layer x": run[f"metrics.{a.split}/layer_speedup"],

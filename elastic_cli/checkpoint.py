@@ -64,6 +64,7 @@ class CheckpointMeta:
     train_metrics: dict[str, Any] = field(default_factory=dict)
     format: int = 1  # checkpoints written before the field existed are format 1
     weights: str = ""  # sha256 of model.safetensors, taken at save time ("" in older checkpoints)
+    train_run_id: str = ""  # the MLflow run that trained it ("" without tracking, or in older checkpoints)
 
     def head_spec(self) -> HeadSpec:
         return HeadSpec(**{"pooling": self.pooling, **self.head})
@@ -521,6 +522,7 @@ class CascadeMeta:
     members: list[CascadeMember]  # smallest first (cascade.json's {"name", "folder", "weights"} objects too)
     # the file's version, the checkpoints' FORMAT; a cascade.json without it is read as the current one
     format: int = FORMAT
+    train_run_id: str = ""  # the MLflow run that trained it ("" without tracking, or in older cascades)
 
     def __post_init__(self) -> None:
         self.members = [CascadeMember.of(entry) for entry in self.members]

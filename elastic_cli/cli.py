@@ -1,7 +1,8 @@
 """`elastic STAGE [overrides...]`: pops the stage name and hands the rest to that stage's Hydra app.
 
-Hydra's own flags work after the stage (`--help`, `--cfg job`, `-m`). Bad input of any kind ends in
-one line on stderr and exit code 2; a bug still shows its traceback. Ctrl-C and SIGTERM (Slurm,
+Hydra's own flags work after the stage (`--cfg job`, `-m`, `--hydra-help`); `--help` there is ours
+(elastic_cli/help.py): the config groups and every option with its description. Bad input of any kind
+ends in one line on stderr and exit code 2; a bug still shows its traceback. Ctrl-C and SIGTERM (Slurm,
 Kubernetes, `timeout`) unwind the same way: the MLflow run ends KILLED, partial files are removed, one
 line, exit code 130 or 143.
 """
@@ -70,7 +71,7 @@ def evaluate_main(cfg: DictConfig) -> float | None:
 
 MAINS = {"train": train_main, "calibrate": calibrate_main, "evaluate": evaluate_main}
 
-USAGE = "usage: elastic {train,calibrate,evaluate} [key=value ...] [--help] [--cfg job] [-m]"
+USAGE = "usage: elastic {train,calibrate,evaluate} [key=value ...] [--help] [--hydra-help] [--cfg job] [-m]"
 
 
 def _help() -> str:
@@ -86,6 +87,22 @@ def _help() -> str:
         "  elastic evaluate --cfg job  (print the composed config)",
     ]
     return "\n".join(lines)
+
+
+def searchpath_override(folders: list[Path]) -> list[str]:
+    """The override that puts the plug-ins' conf/ folders on Hydra's search path, if there are any."""
+    if not folders:
+        return []
+    return ["hydra.searchpath=[" + ",".join(f"'file://{folder}'" for folder in folders) + "]"]
+
+
+def _print(text: str) -> None:
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `elastic train --help | head`
+        sys.stderr.close()
+        sys.exit(0)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -147,22 +164,34 @@ def _stopped(message: str, code: int) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help", "help"):
-        print(_help())
+    if not args:  # a usage error, like any other bad command line
+        print(_help(), file=sys.stderr)
+        sys.exit(2)
+    if args[0] in ("-h", "--help", "help"):
+        _print(_help())
         return
     stage = args.pop(0)
     if stage not in MAINS:
         print(f"error: unknown stage {stage!r}; choose one of {', '.join(STAGES)}", file=sys.stderr)
         sys.exit(2)
     args = [_exit_group_shorthand(a) for a in args]
+    if "-h" in args or "--help" in args:
+        # ours, not Hydra's: Hydra's lists the schema groups and cannot say what an option means
+        from elastic_cli.help import overrides_of, stage_help
+
+        try:
+            text = stage_help(stage, STAGES[stage], CONFIG_PATH, overrides_of(args))
+        except _user_errors() as err:
+            fail(err)
+        _print(text)
+        return
     from elastic_cli.plugins import register_configs
 
     try:
         plugin_conf = register_configs()
     except UserError as err:
         fail(err)
-    if plugin_conf:  # the outside plug-ins' YAMLs (ELASTIC_PLUGINS)
-        args.append("hydra.searchpath=[" + ",".join(f"'file://{folder}'" for folder in plugin_conf) + "]")
+    args += searchpath_override(plugin_conf)  # the outside plug-ins' YAMLs (ELASTIC_PLUGINS)
     # Let exceptions reach us instead of Hydra's multi-line report, so bad input is one line.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     sys.argv = [f"elastic {stage}", *args]

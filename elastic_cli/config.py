@@ -50,8 +50,12 @@ class Dtype(StrEnum):
 
 
 class CalibrationTarget(StrEnum):
+    # the fastest threshold whose accuracy is within `tolerance` (absolute) of the final exit's
     accuracy_within = "accuracy_within"
+    # the most accurate threshold whose speed-up is at least `speedup` (layers; FLOPs for a cascade)
     speedup = "speedup"
+    # the most accurate threshold sending at most `super_fraction` of the examples to the last exit (a
+    # cascade's super model)
     super_fraction = "super_fraction"
 
 
@@ -106,7 +110,7 @@ class BackboneConfig:
     name: str = "???"
     family: str = "???"  # a registered adapter (elastic_cli/models/adapters.py): bert, mpnet, ...
     path: str = "???"  # hub id or local folder (ignored when `tiny` is set)
-    tiny: TinyBackboneConfig | None = None
+    tiny: TinyBackboneConfig | None = None  # set: a random tiny model of this shape instead of `path`
     pooling: Pooling = Pooling.cls  # how an exit head reads the hidden states
     use_pretrained_pooler: bool = True  # initialise the exit heads' pooler from the backbone's, if it has one
 
@@ -120,7 +124,7 @@ class ExitRuleConfig:
     RANGES: ClassVar[tuple[tuple[str, Bound, str], ...]] = ()
 
     name: str = "maxprob"
-    # None: take the threshold chosen by `calibrate` (calibration.json beside the checkpoint)
+    # null: take the threshold chosen by `calibrate` (calibration.json beside the checkpoint)
     threshold: float | None = None
     # the grid of `sweep=thresholds`: thresholds separated by commas (`method.exit.sweep=0.6,0.9` on the
     # command line is this one string, not a multirun: see cli._exit_group_shorthand)
@@ -133,7 +137,7 @@ class TrainStageConfig:
 
     objective: str = "sum"
     trainable: Trainable = Trainable.all
-    epochs: float | None = None  # None: train.epochs
+    epochs: float | None = None  # null: train.epochs
     lr_scale: float = 1.0  # this stage's lr = train.lr * lr_scale
     keep_best: int = 1  # weights kept from this stage: the best epoch, and runners-up when > 1 (AdapLeR: 3)
 
@@ -165,16 +169,17 @@ class TaskConfig:
     name: str = "???"
     dataset: str = "???"  # hub dataset id, e.g. nyu-mll/glue
     subset: str | None = None  # hub config name, e.g. sst2
-    text_columns: list[str] = field(default_factory=lambda: ["sentence"])
+    text_columns: list[str] = field(default_factory=lambda: ["sentence"])  # one, or two for a pair task
     label_column: str = "label"
     num_labels: int = 2  # 1 for regression
+    # the class names in id order; a label in the data may be its name or its id
     label_names: list[str] = field(default_factory=list)
     metric: Metric = Metric.accuracy
     train_split: str = "train"
     eval_splits: list[str] = field(default_factory=lambda: ["validation"])
     # local files: <data_dir>/<file stem>.{tsv,csv,jsonl}; stems for the splits above
     local_files: dict[str, str] = field(default_factory=lambda: {"train": "train", "validation": "dev"})
-    data_dir: str | None = None
+    data_dir: str | None = None  # null: the hub dataset
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     max_seq_length: int = 128
@@ -186,7 +191,7 @@ class TaskConfig:
 class DeviceConfig:
     name: DeviceName = DeviceName.cpu
     dtype: Dtype = Dtype.float32
-    threads: int | None = None  # torch.set_num_threads; None: leave torch's default
+    threads: int | None = None  # torch.set_num_threads; null: leave torch's default
     eval_batch_size: int = 64
     throughput_batch_size: int = 32
 
@@ -201,7 +206,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     log_every: int = 10
-    head_lr: float | None = None  # lr of exit heads; None: same as lr
+    head_lr: float | None = None  # lr of exit heads; null: same as lr
     # write a resumable training state every N optimizer steps; 0: only at each epoch's end
     save_every: int = 500
     resume: bool = True  # resume from the state an interrupted run of this config left; false: start over
@@ -211,33 +216,29 @@ class TrainConfig:
 
 @dataclass
 class CalibrateConfig:
-    # accuracy_within: fastest threshold whose accuracy is within `tolerance` (absolute) of the final exit
-    # speedup: most accurate threshold whose speed-up is at least `speedup` (layers; FLOPs for a cascade)
-    # super_fraction: most accurate threshold sending at most `super_fraction` of the examples to the last
-    #   exit (a cascade's super model)
-    target: CalibrationTarget = CalibrationTarget.accuracy_within
+    target: CalibrationTarget = CalibrationTarget.accuracy_within  # how the threshold is chosen
     tolerance: float = 0.01
     speedup: float = 2.0
     super_fraction: float = 0.25
-    temperature: bool | None = None  # fit per-exit temperatures; None: the exit rule's default (maxprob only)
+    temperature: bool | None = None  # fit per-exit temperatures; null: the exit rule's default (maxprob only)
     grid_size: int = 101
 
 
 @dataclass
 class EvaluateConfig:
-    latency: bool = True
+    latency: bool = True  # measure batch-1 latency and throughput beside the static model
     latency_samples: int = 200
     latency_warmup: int = 10
     throughput_batches: int = 5
     grid: bool = True  # also log the whole threshold curve from the cached all-exits pass
     grid_size: int = 51
-    save_predictions: bool = True
+    save_predictions: bool = True  # <split>/predictions.csv in the MLflow run: one row per example
 
 
 @dataclass
 class TrackingConfig:
-    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<outputs>/mlflow.db
-    experiment: str | None = None  # None: the task name
+    uri: str | None = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///<outputs>/mlflow.db
+    experiment: str | None = None  # null: the task name
     enabled: bool = True
 
 
@@ -245,8 +246,8 @@ class TrackingConfig:
 class RootConfig:
     stage: str = "???"
     seed: int = 42
-    outputs: str = "outputs"
-    ckpt: str | None = None  # checkpoint folder; None: the default one for method/backbone/task/seed
+    outputs: str = "outputs"  # runs, checkpoints and the default MLflow store go under it
+    ckpt: str | None = None  # checkpoint folder; null: the default one for method/backbone/task/seed
     method: MethodConfig = field(default_factory=MethodConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     task: TaskConfig = field(default_factory=TaskConfig)

@@ -151,21 +151,28 @@ def start_sweep_parent(config: DictConfig) -> SweepParent:
     from mlflow.tracking.context.registry import resolve_tags
 
     overrides = sweep_overrides(config)
+    keys = swept_keys(overrides)
+    values = swept_values(overrides)
     stage = str(OmegaConf.select(config, "stage", default=""))
+    # the children's tags, a swept one with its values: the parent sorts and filters beside them
     tags = {
         "elastic.sweep": "true",
         "elastic.stage": stage,
-        "elastic.task": str(config.task.name),
-        SWEEP_KEYS_TAG: ",".join(swept_keys(overrides)),
+        "elastic.method": values.get("method", str(config.method.name)),
+        "elastic.backbone": values.get("backbone", str(config.backbone.name)),
+        "elastic.task": values.get("task", str(config.task.name)),
+        SWEEP_KEYS_TAG: ",".join(keys),
     }
     commit = tracking.git_commit()
     if commit:
         tags["elastic.git_commit"] = commit
-    run_name = f"sweep {stage} {config.task.name}".replace("  ", " ")
+    run_name = parent_run_name(config, keys)
     run = tracking.with_retry(client.create_run, experiment_id, tags=resolve_tags(tags), run_name=run_name)
     run_id = run.info.run_id
-    sweep_text = " ".join(overrides)[: tracking.MAX_PARAM_CHARS]
-    tracking.with_retry(client.log_batch, run_id, params=[Param("sweep.overrides", sweep_text)])
+    params = [Param("sweep.overrides", " ".join(overrides)[: tracking.MAX_PARAM_CHARS])]
+    params += [Param(k, v) for k, v in parent_params(config, keys).items()]
+    for start in range(0, len(params), 100):  # MLflow takes at most 100 params a call
+        tracking.with_retry(client.log_batch, run_id, params=params[start : start + 100])
     sweep_dir = Path(str(config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / tracking.PARENT_RUN_FILE).write_text(run_id + "\n", encoding="utf-8")
@@ -178,6 +185,63 @@ def sweep_overrides(config: DictConfig) -> list[str]:
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
     overrides += [f"{key}={value}" for key, value in params.items()]
     return overrides
+
+
+def swept_values(overrides: list[str]) -> dict[str, str]:
+    """The values each swept key (or config group) takes, comma-joined (`method` -> `sweet,pabee`)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    values: dict[str, str] = {}
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.is_sweep_override():
+            try:
+                values[override.key_or_group] = ",".join(override.sweep_string_iterator())
+            except Exception:  # a range or an interval sweep: say it as written
+                values[override.key_or_group] = override.get_value_element_as_str()
+    return values
+
+
+def parent_run_name(config: DictConfig, keys: list[str]) -> str:
+    """`sweep evaluate sweet mpnet-base maxprob over exit.threshold`: the children's name, and what varies."""
+    from elastic_cli.run_record import logged_name, run_name
+
+    stage = str(OmegaConf.select(config, "stage", default=""))
+    rule = OmegaConf.select(config, "method.exit.name", default=None)
+    name = run_name(stage, str(config.method.name), str(config.backbone.name), rule)
+    over = ", ".join(logged_name(k) for k in keys)
+    return f"sweep {name}" + (f" over {over}" if over else "")
+
+
+# config groups and keys that choose another checkpoint: when one is swept, the children read different ones
+CHECKPOINT_KEYS = ("method", "method.name", "backbone", "backbone.name", "task", "task.name", "seed", "ckpt")
+
+
+def parent_params(config: DictConfig, keys: list[str]) -> dict[str, str]:
+    """The params the children share, as strings: their run_params without the swept keys. For a calibrate
+    or evaluate sweep over one checkpoint, that is the checkpoint's training config too."""
+    from elastic_cli import run_record, tracking
+
+    plain = tracking.plain_config(config)
+    record = None
+    stage = plain.get("stage")
+    if stage in ("calibrate", "evaluate") and not set(keys) & set(CHECKPOINT_KEYS):
+        record = _checkpoint_record(config)
+    params = tracking.flatten(run_record.run_params(plain, record))
+    swept = {run_record.logged_name(k) for k in keys} | set(keys)
+    return {k: v for k, v in params.items() if not any(k == s or k.startswith(f"{s}.") for s in swept)}
+
+
+def _checkpoint_record(config: DictConfig) -> Any:
+    """The record of the checkpoint the children read, or None when it cannot be read (the children say
+    why, each with one line)."""
+    from elastic_cli import checkpoint
+    from elastic_cli.stages import subjects
+
+    try:
+        folder = checkpoint.checkpoint_dir(config)  # type: ignore[arg-type]  # reads the same fields
+        return subjects.record(folder, subjects.describe(folder))
+    except Exception:
+        return None
 
 
 def swept_keys(overrides: list[str]) -> list[str]:
@@ -234,7 +298,7 @@ def finish_sweep_parent(
     SIGTERM cut it short (`killed`). Returns the summary."""
     from mlflow import MlflowClient
 
-    from elastic_cli.plots import pareto_figure
+    from elastic_cli.plots import axis_label, pareto_figure
     from elastic_cli.tracking import with_retry
 
     client = MlflowClient(parent.uri)
@@ -242,29 +306,143 @@ def finish_sweep_parent(
     children = with_retry(child_runs, client, parent.run_id)
     keys = [k for k in parent_run.data.tags.get(SWEEP_KEYS_TAG, "").split(",") if k]
     sweep = summarize(children, keys)
-    summary = sweep.table
-    if len(summary):
-        client.log_text(parent.run_id, summary.to_csv(index=False), "summary.csv")
-        client.log_table(parent.run_id, data=summary, artifact_file="summary.json")
+    # the failed or killed children are counted (failed_children) and named, never mixed into the table
+    finished = sweep.table[sweep.table["status"] == "FINISHED"] if len(sweep.table) else sweep.table
+    written: list[Path] = []
+    if len(finished):
+        client.log_text(parent.run_id, finished.to_csv(index=False), "summary.csv")
+        client.log_table(parent.run_id, data=finished, artifact_file="summary.json")
+        written.append(_write_local(parent.sweep_dir / "summary.csv", finished.to_csv(index=False)))
         if sweep.best_run_id:
             client.set_tag(parent.run_id, sweep.best_run_tag, sweep.best_run_id)
         if sweep.points is not None:
-            stage = parent_run.data.tags.get("elastic.stage", "")
-            task = parent_run.data.tags.get("elastic.task", "")
-            title = f"{task} {stage}: {sweep.metric} vs {X_METRIC}".strip()
-            if sweep.label_cols:
-                title += f"  (points: {', '.join(sweep.label_cols)})"
-            client.log_figure(
-                parent.run_id,
-                pareto_figure(sweep.points, X_METRIC, sweep.metric, "label", title),
-                "pareto.png",
+            figure = pareto_figure(
+                sweep.points,
+                X_METRIC,
+                sweep.metric,
+                "label",
+                _figure_title(parent_run.data.tags, sweep),
+                x_label=axis_label(X_METRIC),
+                y_label=axis_label(sweep.metric),
+                static_point=_static_point(sweep.points, sweep.metric),
             )
+            client.log_figure(parent.run_id, figure, "pareto.png")
+            written.append(parent.sweep_dir / "pareto.png")
+            figure.savefig(written[-1])
     with_retry(client.log_batch, parent.run_id, metrics=_metric_entities(sweep.numbers))
     failed = sweep.numbers["failed_children"]
-    ok = not force_failed and not killed and len(summary) > 0 and failed == 0
+    ok = not force_failed and not killed and len(sweep.table) > 0 and failed == 0
     status = "KILLED" if killed else "FINISHED" if ok else "FAILED"
     with_retry(client.set_terminated, parent.run_id, status=status)
-    return summary
+    print_summary(sweep, finished, parent, parent_run.info.experiment_id, status, written)
+    return finished
+
+
+def _write_local(path: Path, text: str) -> Path:
+    from elastic_cli.files import write_text_atomic
+
+    write_text_atomic(path, text)
+    return path
+
+
+def _figure_title(tags: dict[str, str], sweep: SweepSummary) -> str:
+    """`sweet / mpnet-base / sst2: accuracy vs FLOPs speed-up over exit.threshold`"""
+    from elastic_cli.plots import axis_label
+
+    who = " / ".join(tags[k] for k in ("elastic.method", "elastic.backbone", "elastic.task") if tags.get(k))
+    title = f"{who}: {axis_label(sweep.metric)} vs {axis_label(X_METRIC)}"
+    if sweep.label_cols:
+        title += f" over {', '.join(sweep.label_cols)}"
+    return title
+
+
+def _static_point(points: pd.DataFrame, metric: str) -> tuple[float, float] | None:
+    """The static model (every example through the last exit, speed-up 1), from the children's score of
+    the last exit (`exit_<score>_<last exit>` of the first child), if they logged one."""
+    exits = [c for c in points.columns if c.startswith("exit_accuracy_") or c.startswith("exit_pearson_")]
+    if metric not in ("accuracy", "pearson") or not exits:
+        return None
+    # the exits in their order: L1..L12 sort by number; a cascade's names (swift, super) keep theirs
+    last = max(exits, key=lambda c: (c.rsplit("_", 1)[-1].lstrip("L").isdigit(), _exit_number(c)))
+    value = points[last].dropna()
+    return (1.0, float(value.iloc[0])) if len(value) else None
+
+
+def _exit_number(column: str) -> float:
+    name = column.rsplit("_", 1)[-1]
+    return (
+        float(name[1:])
+        if name[:1] == "L" and name[1:].isdigit()
+        else float("inf")
+        if name == "super"
+        else 0.0
+    )
+
+
+# the sweep's table in the terminal: these metrics when the children have them, then the exit fractions
+SUMMARY_COLUMNS = (
+    ("layer_speedup", "layer speed-up"),
+    ("flops_speedup", "FLOPs speed-up"),
+    ("latency_speedup_p50", "latency speed-up"),
+)
+
+
+def print_summary(
+    sweep: SweepSummary,
+    finished: pd.DataFrame,
+    parent: SweepParent,
+    experiment_id: str,
+    status: str,
+    written: list[Path],
+) -> None:
+    """The sweep's one table (a row per finished child: its swept values, the task metric, the speed-ups
+    and the share of examples leaving at each exit), then the parent run and the files written."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from elastic_cli.progress import console
+    from elastic_cli.run_record import run_link, ui_command
+
+    if len(finished):
+        fractions = [c for c in finished.columns if c.startswith("exit_fraction_")]
+        fractions.sort(key=_exit_number)
+        table = Table(title=Text(f"sweep: {len(finished)} finished runs"))
+        labels = sweep.label_cols or ["run_name"]
+        for col in labels:
+            table.add_column(col, justify="right")
+        table.add_column(sweep.metric, justify="right")
+        shown = [(col, name) for col, name in SUMMARY_COLUMNS if col in finished]
+        for _, name in shown:
+            table.add_column(name, justify="right")
+        for col in fractions:
+            table.add_column(f"% {col.removeprefix('exit_fraction_')}", justify="right")
+        for _, row in finished.iterrows():
+            cells = [_short(row[col]) for col in labels]
+            cells.append(_number(row.get(sweep.metric), "{:.4f}"))
+            cells += [_number(row[col], "{:.2f}x") for col, _ in shown]
+            cells += [_number(100 * row[col], "{:.0f}") for col in fractions]
+            table.add_row(*cells)
+        console.print(table)
+    bad = sweep.table[sweep.table["status"] != "FINISHED"] if len(sweep.table) else sweep.table
+    if len(bad):
+        console.print(
+            f"[yellow]{len(bad)} child run(s) did not finish and are left out:[/] "
+            + ", ".join(f"{r.run_name} ({r.status}, {r.run_id})" for r in bad.itertuples()),
+            highlight=False,
+        )
+    console.print(
+        f"sweep parent run {parent.run_id} ({status}): {run_link(parent.uri, experiment_id, parent.run_id)}",
+        highlight=False,
+    )
+    opens = ui_command(parent.uri)
+    if opens:
+        console.print(f"  (open the UI first: {opens})", highlight=False)
+    for path in written:
+        console.print(f"  {path}", highlight=False)
+
+
+def _number(value: Any, fmt: str) -> str:
+    return fmt.format(float(value)) if _finite(value) else "-"
 
 
 def headline_metric(children: list[Any]) -> str:
@@ -328,11 +506,16 @@ def summary_table(children: list[Any], sweep_keys: list[str]) -> tuple[pd.DataFr
     param_names: set[str] = set()
     for run in children:
         param_names.update(run.data.params)
+    from elastic_cli.run_record import logged_name
+
     declared = []
+    shown_as: dict[str, str] = {}  # a declared param's column: the sweep key as the user wrote it
     for key in sweep_keys:
-        for candidate in (key, f"{key}.name"):
+        # a calibrate or evaluate run logs the stage's exit rule and data as exit.* and data.*
+        for candidate in (key, f"{key}.name", logged_name(key)):
             if candidate in param_names and candidate not in declared:
                 declared.append(candidate)
+                shown_as[candidate] = key if candidate == logged_name(key) else candidate
                 break
     varying = sorted(
         name
@@ -347,7 +530,7 @@ def summary_table(children: list[Any], sweep_keys: list[str]) -> tuple[pd.DataFr
             "run_name": run.info.run_name,
             "status": run.info.status,
         }
-        row.update({name: run.data.params.get(name) for name in param_cols})
+        row.update({shown_as.get(name, name): run.data.params.get(name) for name in param_cols})
         row.update(
             {
                 key: value
@@ -356,6 +539,8 @@ def summary_table(children: list[Any], sweep_keys: list[str]) -> tuple[pd.DataFr
             }
         )
         rows.append(row)
+    param_cols = [shown_as.get(name, name) for name in param_cols]
+    declared = [shown_as.get(name, name) for name in declared]
     table = pd.DataFrame(rows, columns=["run_id", "run_name", "status", *param_cols] if not rows else None)
     for name in param_cols:
         try:

@@ -4,7 +4,7 @@ Hygiene: warm-up calls that are not recorded, one timed call per example and var
 percentiles rather than means alone, and the variants interleaved (the order rotated per example) so
 that machine noise and drift spread over all of them instead of landing on whichever ran first or last.
 Timed loops run under torch.inference_mode with the garbage collector paused, and wait for the GPU when
-one is in use. Nothing is printed or logged inside them.
+one is in use. Nothing is printed or logged inside the clock (a progress bar advances between examples).
 """
 
 from __future__ import annotations
@@ -39,13 +39,17 @@ def _quiet() -> Iterator[None]:
 
 
 def latency_per_example(
-    fns: Mapping[str, Callable[[int], object]], examples: Sequence[int], warmup: int = 10
+    fns: Mapping[str, Callable[[int], object]],
+    examples: Sequence[int],
+    warmup: int = 10,
+    after_each: Callable[[], object] | None = None,
 ) -> dict[str, np.ndarray]:
     """Batch-1 latency in ms of every variant on every example, interleaved.
 
     Each fn takes an example index. For the i-th example the variants run in the order of `fns`
     rotated by i, so no variant always runs first. `warmup` unrecorded calls of each variant come first
-    (cycling through `examples`). Returns, per variant, ms per example in the order of `examples`.
+    (cycling through `examples`). `after_each` (a progress bar's advance) runs after each example's
+    variants, outside the clock. Returns, per variant, ms per example in the order of `examples`.
     """
     names = list(fns)
     if not names:
@@ -67,6 +71,8 @@ def latency_per_example(
                 fn(example)
                 _synchronize()
                 ms[name][i] = (time.perf_counter() - start) * 1e3
+            if after_each is not None:
+                after_each()
     return ms
 
 

@@ -33,8 +33,10 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
+from elastic_cli import run_record
 from elastic_cli.errors import UserError
 from elastic_cli.files import pid_alive
+from elastic_cli.progress import console
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -328,13 +330,17 @@ def _first_line(err: BaseException) -> str:
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, location: str | None) -> str:
-    """The id of experiment `name`, created (with its artifact location) or restored when needed."""
+    """The id of experiment `name`, created (with its artifact location) or restored when needed, tagged
+    so that MLflow 3's UI opens it on its runs (not on GenAI traces) and described."""
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name, artifact_location=location)
+            experiment_id = client.create_experiment(
+                name, artifact_location=location, tags=experiment_tags(name)
+            )
+            return experiment_id
         except MlflowException:
             # another job of a parallel sweep created it first
             experiment = client.get_experiment_by_name(name)
@@ -342,7 +348,18 @@ def get_or_create_experiment(client: MlflowClient, name: str, location: str | No
                 raise
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
+    # an experiment made before elastic tagged them, or by hand: tag it, keep a description it has
+    for key, value in experiment_tags(name).items():
+        if key not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id
+
+
+def experiment_tags(name: str) -> dict[str, str]:
+    return {
+        "mlflow.experimentKind": run_record.EXPERIMENT_KIND,
+        run_record.NOTE_TAG: run_record.experiment_description(name),
+    }
 
 
 # --- what every run records ----------------------------------------------------------------------------
@@ -436,6 +453,8 @@ def current_sweep_dir() -> Path | None:
 class _ActiveRun:
     client: MlflowClient
     run_id: str
+    experiment_id: str
+    uri: str
 
 
 _active: _ActiveRun | None = None
@@ -469,6 +488,7 @@ def stage_run(
     *,
     checkpoint: Path | None = None,
     resume_run_id: str | None = None,
+    record: run_record.CheckpointRecord | None = None,
 ) -> Iterator[Any]:
     """The MLflow run of one stage (a child of the sweep's parent inside a multirun): yields the mlflow
     ActiveRun, or None when `tracking.enabled` is false. Ends FINISHED; FAILED on an exception (a non-zero
@@ -477,7 +497,11 @@ def stage_run(
     `checkpoint`, the stage's checkpoint folder, is tagged on the run (with this host and pid); first, the
     RUNNING runs of that checkpoint whose process on this host is gone (SIGKILL) are marked KILLED.
     `resume_run_id` continues that run (back to RUNNING, with this process's tags) instead of starting
-    one; a run id the store does not hold starts a new run, with a warning."""
+    one; a run id the store does not hold starts a new run, with a warning.
+
+    `record`, the checkpoint a calibrate or evaluate run reads: its training config becomes the run's
+    params beside the stage's own settings (elastic_cli.run_record), and the run is linked to the train
+    run that wrote it. The run's id and UI link are printed when it ends."""
     global _active
     if not cfg.tracking.enabled:
         yield None
@@ -508,8 +532,10 @@ def stage_run(
                 parent_run_id=_parent_id(client, uri),
                 tags=tags,
             )
-        _active = _ActiveRun(client, run.info.run_id)
-        _log_config(client, run.info.run_id, raw, resumed=resume_run_id is not None)
+        _active = _ActiveRun(client, run.info.run_id, run.info.experiment_id, uri)
+        _log_config(client, run.info.run_id, raw, resumed=resume_run_id is not None, record=record)
+        if record is not None:
+            _link_train_run(client, run.info.run_id, experiment_id, record)
         yield run
     except BaseException as err:
         # a signal can land between MLflow creating the run and `run` being set: end the fluent one
@@ -522,8 +548,62 @@ def stage_run(
         raise
     else:
         _end_run(client, run.info.run_id, "FINISHED")
+        say_run(uri, run.info.experiment_id, run.info.run_id, cfg.stage)
     finally:
         _active = None
+
+
+def say_run(uri: str, experiment_id: str, run_id: str, what: str) -> None:
+    """The last lines of a stage: its run id and where the UI shows it."""
+    console.print(f"{what} run {run_id}: {run_record.run_link(uri, experiment_id, run_id)}", highlight=False)
+    opens = run_record.ui_command(uri)
+    if opens:
+        console.print(f"  (open the UI first: {opens})", highlight=False)
+
+
+def rename_run(name: str) -> None:
+    """Rename the open run, once what tells it apart is known (evaluate's calibrated threshold)."""
+    if _active is None:
+        return
+    with_retry(_active.client.update_run, _active.run_id, name=name)
+
+
+def _link_train_run(
+    client: MlflowClient, run_id: str, experiment_id: str, record: run_record.CheckpointRecord
+) -> None:
+    """Tag the train run that wrote the checkpoint and link it from the run's description. A checkpoint
+    that does not name its train run (written before elastic recorded it) is looked up by its folder."""
+    train_run_id = record.train_run_id or _find_train_run(client, experiment_id, str(record.path))
+    exists = bool(train_run_id) and with_retry(_run_exists, client, train_run_id)
+    train_experiment = None
+    if exists:
+        train_experiment = with_retry(client.get_run, train_run_id).info.experiment_id
+    tags = {
+        run_record.NOTE_TAG: run_record.train_run_note(
+            run_record.CheckpointRecord(record.path, record.weights, train_run_id, record.config),
+            train_experiment,
+        )
+    }
+    if train_run_id:
+        tags[run_record.TRAIN_RUN_TAG] = train_run_id
+    for key, value in tags.items():
+        with_retry(client.set_tag, run_id, key, value)
+
+
+def _find_train_run(client: MlflowClient, experiment_id: str, folder: str) -> str:
+    """The last finished train run of `folder` in the experiment, "" if none."""
+    query = (
+        f"tags.`{CHECKPOINT_TAG}` = '{folder}' and tags.`elastic.stage` = 'train' "
+        "and attributes.status = 'FINISHED'"
+    )
+    found = with_retry(
+        client.search_runs,
+        [experiment_id],
+        filter_string=query,
+        max_results=1,
+        order_by=["attributes.end_time DESC"],
+    )
+    return found[0].info.run_id if found else ""
 
 
 def process_tags(checkpoint: str | None) -> dict[str, str]:
@@ -590,11 +670,18 @@ def _parent_id(client: MlflowClient, uri: str) -> str | None:
     return parent_id
 
 
-def _log_config(client: MlflowClient, run_id: str, raw: DictConfig, resumed: bool) -> None:
-    """The flattened config as params and the config as config.yaml. A resumed run keeps the params it
-    has (MLflow refuses to change one): its new ones are added, and its config is config_resume.yaml."""
+def _log_config(
+    client: MlflowClient,
+    run_id: str,
+    raw: DictConfig,
+    resumed: bool,
+    record: run_record.CheckpointRecord | None = None,
+) -> None:
+    """The params (run_record.run_params: the config, or the checkpoint's training config beside the
+    stage's settings) and the config as config.yaml. A resumed run keeps the params it has (MLflow
+    refuses to change one): its new ones are added, and its config is config_resume.yaml."""
     config = plain_config(raw)
-    params = flatten(config)
+    params = flatten(run_record.run_params(config, record))
     if resumed:
         logged = with_retry(client.get_run, run_id).data.params
         changed = sorted(key for key, value in params.items() if key in logged and logged[key] != value)
@@ -640,10 +727,9 @@ def _run_exists(client: MlflowClient, run_id: str) -> bool:
 
 
 def _default_run_name(cfg: RootConfig) -> str:
-    name = f"{cfg.stage} {cfg.method.name} {cfg.backbone.name}"
-    if cfg.stage == "evaluate" and cfg.method.exit.threshold is not None:
-        name += f" t={cfg.method.exit.threshold:g}"
-    return name
+    return run_record.run_name(
+        cfg.stage, cfg.method.name, cfg.backbone.name, cfg.method.exit.name, cfg.method.exit.threshold
+    )
 
 
 # --- logging helpers: no-ops outside an enabled stage_run -----------------------------------------------
@@ -659,6 +745,12 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     with_retry(_active.client.log_batch, _active.run_id, metrics=batch)
 
 
+def set_tag(key: str, value: str) -> None:
+    if _active is None:
+        return
+    with_retry(_active.client.set_tag, _active.run_id, key, value)
+
+
 def log_params(params: Mapping[str, Any]) -> None:
     if _active is None or not params:
         return
@@ -668,7 +760,7 @@ def log_params(params: Mapping[str, Any]) -> None:
     with_retry(_active.client.log_batch, _active.run_id, params=batch)
 
 
-def log_layer_tokens(mean_tokens: Sequence[float], prefix: str = "") -> None:
+def log_layer_tokens(mean_tokens: Sequence[float], prefix: str = "", who: str = "") -> None:
     """A length-reducing model's mean tokens entering each layer: the metric `<prefix>tokens_kept` with
     step = layer (1-indexed), the table `<prefix>layer_tokens.csv` and a bar chart PNG."""
     if _active is None:
@@ -683,13 +775,15 @@ def log_layer_tokens(mean_tokens: Sequence[float], prefix: str = "") -> None:
     with_retry(_active.client.log_batch, _active.run_id, metrics=series)
     table = pd.DataFrame({"layer": list(range(1, len(mean_tokens) + 1)), "mean_tokens": list(mean_tokens)})
     log_dataframe(table, f"{prefix}layer_tokens.csv")
-    title = f"tokens kept per layer {prefix.rstrip('/_')}".strip()
+    title = _figure_title("mean tokens entering each layer", who, prefix)
     log_figure(layer_tokens_figure(mean_tokens, title), f"{prefix}layer_tokens.png")
 
 
-def log_exit_histogram(counts: Sequence[int], layers: Sequence[int], prefix: str = "") -> None:
+def log_exit_histogram(counts: Sequence[int], layers: Sequence[int], prefix: str = "", who: str = "") -> None:
     """counts[i] examples left at layer layers[i] (1-indexed): the metric `<prefix>exit_count` with
-    step = layer, the table `<prefix>exit_histogram.csv` (layer, count, fraction) and a bar chart PNG."""
+    step = layer (for plotting; a runs table shows only its last step, so evaluate also logs
+    exit_fraction_<exit> and mean_exit_layer), the table `<prefix>exit_histogram.csv` (layer, count,
+    fraction) and a bar chart PNG titled with `who` (method / backbone / task)."""
     if _active is None:
         return
     if len(counts) != len(layers):
@@ -714,8 +808,15 @@ def log_exit_histogram(counts: Sequence[int], layers: Sequence[int], prefix: str
         }
     )
     log_dataframe(table, f"{prefix}exit_histogram.csv")
-    title = f"exit layers {prefix.rstrip('/_')}".strip()
+    title = _figure_title("exit layers", who, prefix)
     log_figure(exit_histogram_figure(counts, layers, title), f"{prefix}exit_histogram.png")
+
+
+def _figure_title(what: str, who: str, prefix: str) -> str:
+    """`sweet / mpnet-base / sst2 (validation split): exit layers`"""
+    split = prefix.rstrip("/_")
+    where = f"{who} ({split} split)" if who and split else who or split
+    return f"{where}: {what}" if where else what
 
 
 def log_dataframe(df: pd.DataFrame, artifact_file: str) -> None:

@@ -60,12 +60,16 @@ def workdir(tmp_path_factory) -> Path:
     return root
 
 
+# calibrate and evaluate without the training settings: their runs must still log the checkpoint's
+TINY_STAGE = [arg for arg in TINY if not arg.startswith("train.")]
+
+
 @pytest.fixture(scope="module")
 def trained(workdir: Path) -> Path:
     data = f"task.data_dir={workdir / 'data'}"
-    ok(elastic("train", *TINY, data, cwd=workdir))
-    ok(elastic("calibrate", *TINY, data, cwd=workdir))
-    ok(elastic("evaluate", *TINY, data, cwd=workdir))
+    for stage, args in (("train", TINY), ("calibrate", TINY_STAGE), ("evaluate", TINY_STAGE)):
+        proc = ok(elastic(stage, *args, data, cwd=workdir))
+        (workdir / f"{stage}.stderr").write_text(proc.stderr)
     return workdir
 
 
@@ -119,6 +123,50 @@ def test_mlflow_holds_every_stage_and_the_metrics(trained: Path):
     assert tr["params.seed"] == "42" and tr["metrics.train/loss"] == tr["metrics.train/loss"]
 
 
+def test_evaluate_run_says_what_it_evaluated(trained: Path):
+    """Its params are the checkpoint's training config (not the evaluate command's defaults: lr 2e-5,
+    epochs 3), its own settings are exit.*, data.*, evaluate.*, and it links the train run."""
+    from mlflow import MlflowClient
+
+    from elastic_cli import run_record, tracking
+
+    runs = _runs(trained)
+    by_stage = {row["tags.elastic.stage"]: row for _, row in runs.iterrows()}
+    ev, cal, tr = by_stage["evaluate"], by_stage["calibrate"], by_stage["train"]
+    ckpt = (trained / "outputs" / "checkpoints" / "sst2" / "early_exit" / "tiny-bert" / "seed42").resolve()
+    saved = run_record.read_saved_config(ckpt)
+    assert saved is not None and saved["train"]["lr"] == 2e-3
+    model = tracking.flatten(run_record.model_params(saved))
+    for run in (ev, cal):
+        logged = {k.removeprefix("params."): v for k, v in run.items() if k.startswith("params.")}
+        assert {k: logged.get(k) for k in model} == model
+        assert logged["train.lr"] == "0.002" and float(logged["train.epochs"]) == 6  # evaluate: 3
+        assert logged["checkpoint.path"] == str(ckpt)
+        meta = json.loads((ckpt / "meta.json").read_text())
+        assert logged["checkpoint.weights"] == meta["weights"]
+        assert logged["exit.name"] == "maxprob" and logged["data.data_dir"] == str(trained / "data")
+        assert run["tags.elastic.train_run_id"] == tr["run_id"] == meta["train_run_id"]
+        link = f"(#/experiments/{tr['experiment_id']}/runs/{tr['run_id']})"
+        assert link in run["tags.mlflow.note.content"]
+    assert "params.evaluate.latency_samples" in ev and ev["params.evaluate.latency_samples"] == "24"
+    calib = json.loads((ckpt / "calibration.json").read_text())
+    assert float(ev["params.exit.threshold"]) == calib["threshold"]
+    assert ev["params.exit.threshold_source"] == "calibration"
+    # names that say what differs, and an experiment that opens on its runs
+    assert tr["tags.mlflow.runName"] == "train early_exit tiny-bert"
+    assert cal["tags.mlflow.runName"] == "calibrate early_exit tiny-bert maxprob"
+    threshold = run_record.threshold_text(calib["threshold"])
+    assert ev["tags.mlflow.runName"] == f"evaluate early_exit tiny-bert maxprob t={threshold}"
+    experiment = MlflowClient().get_experiment_by_name("sst2")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "sst2" in experiment.tags["mlflow.note.content"]
+    # every stage ends with its run id and where the UI shows it
+    for stage, run in (("train", tr), ("calibrate", cal), ("evaluate", ev)):
+        stderr = (trained / f"{stage}.stderr").read_text()
+        link = f"{stage} run {run['run_id']}: http://127.0.0.1:5000/#/experiments/{run['experiment_id']}"
+        assert link in stderr
+
+
 def test_exit_histogram_and_predictions_are_logged(trained: Path):
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -144,17 +192,19 @@ def test_exit_histogram_and_predictions_are_logged(trained: Path):
 
 def test_threshold_sweep_is_one_parent_with_children(trained: Path):
     data = f"task.data_dir={trained / 'data'}"
-    ok(elastic("evaluate", *TINY, data, "sweep=thresholds", "evaluate.latency=false", cwd=trained))
+    proc = ok(
+        elastic("evaluate", *TINY_STAGE, data, "sweep=thresholds", "evaluate.latency=false", cwd=trained)
+    )
     runs = _runs(trained)
     parents = runs[runs["tags.elastic.sweep"] == "true"] if "tags.elastic.sweep" in runs else runs.iloc[0:0]
     assert len(parents) == 1
     parent_id = parents.iloc[0]["run_id"]
     children = runs[runs.get("tags.mlflow.parentRunId") == parent_id]
     assert len(children) == 8
-    thresholds = sorted(float(t) for t in children["params.method.exit.threshold"])
+    thresholds = sorted(float(t) for t in children["params.exit.threshold"])
     assert thresholds == [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99]
     # a higher threshold never exits earlier on average
-    by_t = children.assign(t=children["params.method.exit.threshold"].astype(float)).sort_values("t")
+    by_t = children.assign(t=children["params.exit.threshold"].astype(float)).sort_values("t")
     assert by_t["metrics.mean_exit_layer"].is_monotonic_increasing
     import mlflow
 
@@ -162,7 +212,36 @@ def test_threshold_sweep_is_one_parent_with_children(trained: Path):
         mlflow.artifacts.download_artifacts(run_id=parent_id, tracking_uri=mlflow.get_tracking_uri())
     )
     assert (local / "summary.csv").is_file() and (local / "pareto.png").is_file()
-    assert parents.iloc[0]["status"] == "FINISHED"
+    parent = parents.iloc[0]
+    assert parent["status"] == "FINISHED"
+    # the parent is named and tagged like its children, with their shared params (the checkpoint's)
+    assert parent["tags.mlflow.runName"] == "sweep evaluate early_exit tiny-bert maxprob over exit.threshold"
+    assert parent["tags.elastic.method"] == "early_exit" and parent["tags.elastic.backbone"] == "tiny-bert"
+    assert parent["params.train.lr"] == "0.002" and parent["params.exit.name"] == "maxprob"
+    assert (
+        "params.exit.threshold" not in parent
+        or parent["params.exit.threshold"] != parent["params.exit.threshold"]
+    )
+    assert sorted(children["tags.mlflow.runName"])[0] == "evaluate early_exit tiny-bert maxprob t=0.50"
+    # the terminal's summary: one table of every child, the parent's link, the files written
+    lines = proc.stderr.splitlines()
+    assert "sweep: 8 finished runs" in proc.stderr
+    table = lines[next(i for i, line in enumerate(lines) if "sweep: 8 finished runs" in line) :]
+    rows = [line for line in table if line.startswith("│")]
+    assert [row.split("│")[1].strip() for row in rows] == [
+        "0.5",
+        "0.6",
+        "0.7",
+        "0.8",
+        "0.85",
+        "0.9",
+        "0.95",
+        "0.99",
+    ]
+    assert f"sweep parent run {parent_id} (FINISHED): http://127.0.0.1:5000/#/experiments/" in proc.stderr
+    written = [Path(line.strip()) for line in lines if line.strip().endswith(("summary.csv", "pareto.png"))]
+    assert [p.name for p in written] == ["summary.csv", "pareto.png"]
+    assert (trained / written[0]).read_text() == (local / "summary.csv").read_text()
 
 
 def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:

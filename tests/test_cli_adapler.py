@@ -92,7 +92,7 @@ def test_evaluate_logs_tokens_per_layer_flops_and_latency(adapler):
     root, _ = adapler
     runs = _runs(root)
     ev = runs.query("`tags.elastic.stage` == 'evaluate'").iloc[0]
-    assert ev["status"] == "FINISHED" and ev["params.threshold_source"] == "calibration"
+    assert ev["status"] == "FINISHED" and ev["params.exit.threshold_source"] == "calibration"
     assert ev["metrics.adaptive_agreement"] == 1.0  # timed batches drop the same tokens, same predictions
     for key in ("flops_speedup", "latency_speedup_p50", "throughput_speedup", "mean_tokens_last_layer"):
         assert ev[f"metrics.{key}"] == ev[f"metrics.{key}"], key
@@ -126,7 +126,7 @@ def test_the_eta_multiplier_sweep_is_one_parent_with_a_child_per_point(adapler):
     parents = runs[runs["tags.elastic.sweep"] == "true"]
     assert len(parents) == 1
     children = runs[runs["tags.mlflow.parentRunId"] == parents.iloc[0]["run_id"]]
-    by_t = children.assign(t=children["params.method.exit.threshold"].astype(float)).sort_values("t")
+    by_t = children.assign(t=children["params.exit.threshold"].astype(float)).sort_values("t")
     assert by_t["t"].tolist() == [0.0, 1.0, 3.0]
     assert by_t["metrics.flops_speedup"].is_monotonic_increasing
 

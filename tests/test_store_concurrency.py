@@ -143,7 +143,7 @@ def test_four_evaluates_at_once_on_a_fresh_store(tmp_path: Path):
     experiment = client.get_experiment_by_name("sst2")
     assert experiment is not None
     runs = client.search_runs([experiment.experiment_id])
-    assert sorted(r.data.params["method.exit.threshold"] for r in runs) == thresholds
+    assert sorted(r.data.params["exit.threshold"] for r in runs) == thresholds
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert all(0.0 <= r.data.metrics["accuracy"] <= 1.0 for r in runs)
     print(f"4 evaluates: {time.monotonic() - started:.1f} s")

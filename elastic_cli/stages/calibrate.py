@@ -8,7 +8,7 @@ import torch
 from omegaconf import DictConfig
 from rich.table import Table
 
-from elastic_cli import calibration, checkpoint, exits, files, plots, tracking
+from elastic_cli import calibration, checkpoint, exits, files, plots, run_record, tracking
 from elastic_cli.config import RootConfig
 from elastic_cli.data import load_task_data
 from elastic_cli.errors import UserError
@@ -36,7 +36,7 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
     rule = exits.build_rule(cfg.method.exit)
     exits.check_applicable(rule, info.num_labels, info.has_lte, info.num_exits)
 
-    with tracking.stage_run(cfg, raw, checkpoint=folder):
+    with tracking.stage_run(cfg, raw, checkpoint=folder, record=subjects.record(folder, info)):
         subject = subjects.open_subject(folder, device)
         data = load_task_data(cfg.task, cfg.seed)
         inputs = subject.encode(data.calibration)
@@ -106,7 +106,20 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
         tracking.log_dataframe(curve, "calibration_curve.csv")
         tracking.log_figure(
             plots.pareto_figure(
-                curve, subject.speed_column, "score", "threshold", "calibration split: threshold curve"
+                curve,
+                subject.speed_column,
+                "score",
+                "threshold",
+                f"{info.method} / {info.backbone} / {info.task} (calibration split): "
+                f"{result.score_name} over thresholds",
+                x_label=plots.axis_label(subject.speed_column),
+                y_label=plots.axis_label(result.score_name),
+                operating_point=(
+                    float(chosen[subject.speed_column]),
+                    result.score,
+                    f"calibrated t={run_record.threshold_text(result.threshold)}",
+                ),
+                static_point=(1.0, reference),
             ),
             "calibration_curve.png",
         )

@@ -13,13 +13,15 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 from rich.table import Table
+from rich.text import Text
 
-from elastic_cli import checkpoint, exits, plots, timing, tracking
+from elastic_cli import checkpoint, exits, plots, run_record, timing, tracking
 from elastic_cli.config import RootConfig
 from elastic_cli.cost import ExitCosts
 from elastic_cli.data import load_task_data
 from elastic_cli.errors import UserError
 from elastic_cli.metrics import compute_metrics, main_metric
+from elastic_cli.progress import progress
 from elastic_cli.stages import subjects
 from elastic_cli.stages.common import (
     CachedOutputs,
@@ -74,24 +76,30 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
     rule = exits.build_rule(cfg.method.exit)
     exits.check_applicable(rule, info.num_labels, info.has_lte, info.num_exits)
 
-    with tracking.stage_run(cfg, raw, checkpoint=folder):
+    with tracking.stage_run(cfg, raw, checkpoint=folder, record=subjects.record(folder, info)):
         subject = subjects.open_subject(folder, device)
         threshold, temperatures, source = _operating_point(
             cfg, checkpoint.CalibrationFile.load(folder), subject.exit_names
         )
+        tracking.rename_run(run_record.run_name("evaluate", info.method, info.backbone, rule.name, threshold))
         data = load_task_data(cfg.task, cfg.seed)
         scaled = temperatures is not None and bool((temperatures != 1.0).any())
         tracking.log_params(
-            {"threshold_source": source, "exit_threshold": threshold, "temperature_scaled": scaled}
+            {
+                "exit.threshold_source": source,
+                "exit.temperature_scaled": scaled,
+                **({"exit.threshold": threshold} if cfg.method.exit.threshold is None else {}),
+            }
         )
         headline: dict[str, float] = {}
+        who = f"{info.method} / {info.backbone} / {info.task}"
         for i, (split, examples) in enumerate(data.evals.items()):
             inputs = subject.encode(examples)
             cached = subject.outputs(split, inputs, cfg, device)
             costs = subject.costs(inputs)
             decisions = subject.decide(rule, cached, costs, threshold, temperatures)
             scores = _score_split(cfg, split, rule, decisions, temperatures, cached, subject, costs)
-            scores.log(subject.histogram_steps, cfg.evaluate.save_predictions)
+            scores.log(subject.histogram_steps, cfg.evaluate.save_predictions, who)
             if i == 0:
                 headline = scores.metrics()
                 if cfg.evaluate.latency:
@@ -101,12 +109,20 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
                         )
                     )
                 tracking.log_metrics(headline)
-                tracking.log_exit_histogram(scores.exit_counts, subject.histogram_steps)
+                tracking.log_exit_histogram(scores.exit_counts, subject.histogram_steps, who=who)
                 if scores.layer_tokens is not None:
-                    tracking.log_layer_tokens(scores.layer_tokens)
+                    tracking.log_layer_tokens(scores.layer_tokens, who=who)
             _print(cfg, source, scores)
         if cfg.evaluate.latency:
             _print_latency(headline)
+            noise = timing_noise(headline, headline.get("layer_speedup", 1.0))
+            if noise is not None:
+                console.print(
+                    f"[yellow]warning:[/] timings look noisy, the machine was busy ({noise}): "
+                    "re-run evaluate on a quiet machine for latency numbers to trust",
+                    highlight=False,
+                )
+                tracking.set_tag("elastic.timing_noisy", noise)
         return float(headline.get("task_metric", float("nan")))
 
 
@@ -176,24 +192,43 @@ class SplitScores:
             "token_fraction_last_layer": last / full,
         }
 
-    def log(self, histogram_steps: list[int], save_predictions: bool) -> None:
+    def log(self, histogram_steps: list[int], save_predictions: bool, who: str) -> None:
         """Log to the stage's run, under <split>/: the metrics, the exit histogram, predictions.csv (when
         `save_predictions`) and the threshold curve's table and figure (when there is one)."""
         split = self.split
         tracking.log_metrics({f"{split}/{k}": v for k, v in self.metrics().items()})
-        tracking.log_exit_histogram(self.exit_counts, histogram_steps, prefix=f"{split}/")
+        tracking.log_exit_histogram(self.exit_counts, histogram_steps, prefix=f"{split}/", who=who)
         if self.layer_tokens is not None:
-            tracking.log_layer_tokens(self.layer_tokens, prefix=f"{split}/")
+            tracking.log_layer_tokens(self.layer_tokens, prefix=f"{split}/", who=who)
         if save_predictions:
             tracking.log_dataframe(self.predictions, f"{split}/predictions.csv")
         if self.curve is not None:
             tracking.log_dataframe(self.curve, f"{split}/threshold_curve.csv")
-            tracking.log_figure(
-                plots.pareto_figure(
-                    self.curve, "flops_speedup", "score", "threshold", f"{split}: threshold curve"
-                ),
-                f"{split}/threshold_curve.png",
+            tracking.log_figure(self.curve_figure(who), f"{split}/threshold_curve.png")
+
+    def curve_figure(self, who: str) -> Any:
+        """The threshold curve (score against FLOPs speed-up), with the evaluated threshold and the static
+        model (the last exit, speed-up 1) marked; `who` is `method / backbone / task`."""
+        assert self.curve is not None
+        evaluated = self.task_scores.get(self.score_name)
+        point = None
+        if evaluated is not None:
+            point = (
+                self.flops_speedup,
+                evaluated,
+                f"evaluated t={run_record.threshold_text(self.threshold)}",
             )
+        return plots.pareto_figure(
+            self.curve,
+            "flops_speedup",
+            "score",
+            "threshold",
+            f"{who} ({self.split} split): {self.score_name} over thresholds",
+            x_label=plots.axis_label("flops_speedup"),
+            y_label=plots.axis_label(self.score_name),
+            operating_point=point,
+            static_point=(1.0, self.exit_scores[-1]),
+        )
 
 
 def _score_split(
@@ -277,10 +312,20 @@ def _measure_latency(
     def adaptive(i: int) -> object:
         return subject.adaptive(singles[i], rule, threshold, temperatures)
 
-    console.print(f"timing batch-1 latency on {len(subset)} examples (static and adaptive interleaved)")
-    ms = timing.latency_per_example(
-        {"static": static, "adaptive": adaptive}, subset.tolist(), cfg.evaluate.latency_warmup
+    fewer = ""
+    if tracking.current_sweep_dir() is not None:  # conf/sweep/thresholds.yaml times fewer per child
+        fewer = " (a sweep's child times fewer; set evaluate.latency_samples=N for more)"
+    console.print(
+        f"timing batch-1 latency on {len(subset)} of {n} examples, static and adaptive interleaved{fewer}"
     )
+    with progress() as bar:
+        task = bar.add_task("batch-1 latency", total=len(subset), info="")
+        ms = timing.latency_per_example(
+            {"static": static, "adaptive": adaptive},
+            subset.tolist(),
+            cfg.evaluate.latency_warmup,
+            after_each=lambda: bar.advance(task, 1),
+        )
     out: dict[str, float] = {}
     for name, values in ms.items():
         for k, v in timing.summarize_ms(values).items():
@@ -321,10 +366,33 @@ def _measure_latency(
     return out
 
 
+# a p90 this many times the p50, or an adaptive model slower in batches than the static one while it
+# runs this many times fewer layers: the timings met a busy machine
+NOISY_P90_OVER_P50 = 3.0
+NOISY_LAYER_SPEEDUP = 1.3
+
+
+def timing_noise(h: dict[str, float], layer_speedup: float) -> str | None:
+    """Why the latency numbers look disturbed by other work on the machine, or None."""
+    for name in ("static", "adaptive"):
+        p50, p90 = h.get(f"latency_{name}_p50_ms"), h.get(f"latency_{name}_p90_ms")
+        if p50 and p90 and p90 > NOISY_P90_OVER_P50 * p50:
+            return f"the {name} p90 ({p90:.1f} ms) is over {NOISY_P90_OVER_P50:g}x its p50 ({p50:.1f} ms)"
+    if h.get("throughput_speedup", 1.0) < 1.0 and layer_speedup > NOISY_LAYER_SPEEDUP:
+        return (
+            f"adaptive throughput is below static ({h['throughput_speedup']:.2f}x) although it runs "
+            f"{layer_speedup:.2f}x fewer layers"
+        )
+    return None
+
+
 def _print(cfg: RootConfig, source: str, scores: SplitScores) -> None:
-    table = Table(
-        title=f"{cfg.method.name} / {cfg.backbone.name} / {cfg.task.name} [{scores.split}], {cfg.method.exit.name} threshold {scores.threshold:.4f} ({source})"
+    # no markup in the title: rich would take "[validation]" for a style tag and drop it
+    title = (
+        f"{cfg.method.name} / {cfg.backbone.name} / {cfg.task.name} ({scores.split} split): "
+        f"{cfg.method.exit.name} threshold {scores.threshold:.4f} ({source})"
     )
+    table = Table(title=Text(title))
     table.add_column("exit", justify="right")
     table.add_column(f"exit {scores.score_name}", justify="right")
     table.add_column("exited here", justify="right")

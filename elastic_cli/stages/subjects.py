@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from elastic_cli import calibration, checkpoint, cost, exits
+from elastic_cli import calibration, checkpoint, cost, exits, run_record
 from elastic_cli.config import RootConfig
 from elastic_cli.cost import ExitCosts
 from elastic_cli.data import Batch, Encoded, batches, encode
@@ -39,15 +39,43 @@ class SubjectInfo:
     num_exits: int
     method: str
     backbone: str  # a cascade's: its last (super) model's
+    weights: str = ""  # the weights' content hash (a cascade's: its models', joined)
+    train_run_id: str = ""  # the MLflow run that trained it, when the checkpoint records it
 
 
 def describe(folder: Path) -> SubjectInfo:
     if checkpoint.is_cascade(folder):
         meta = checkpoint.CascadeMeta.load(folder)
         last = checkpoint.read_meta(meta.members[-1].path(folder))
-        return SubjectInfo(meta.task, meta.num_labels, False, len(meta.members), meta.method, last.backbone)
+        weights = ";".join(entry.weights for entry in meta.members)
+        return SubjectInfo(
+            meta.task,
+            meta.num_labels,
+            False,
+            len(meta.members),
+            meta.method,
+            last.backbone,
+            weights,
+            meta.train_run_id,
+        )
     m = checkpoint.read_meta(folder)
-    return SubjectInfo(m.task, m.num_labels, m.lte, len(m.exit_layers), m.method, m.backbone)
+    return SubjectInfo(
+        m.task,
+        m.num_labels,
+        m.lte,
+        len(m.exit_layers),
+        m.method,
+        m.backbone,
+        checkpoint.weights_fingerprint(folder),
+        m.train_run_id,
+    )
+
+
+def record(folder: Path, info: SubjectInfo) -> run_record.CheckpointRecord:
+    """What a stage run logs of the checkpoint it reads (elastic_cli.run_record)."""
+    return run_record.CheckpointRecord(
+        folder.resolve(), info.weights, info.train_run_id, run_record.read_saved_config(folder)
+    )
 
 
 @dataclass

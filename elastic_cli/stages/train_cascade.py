@@ -85,6 +85,7 @@ def train_cascade(
         num_labels=cfg.task.num_labels,
         label_names=list(cfg.task.label_names),
         members=entries,
+        train_run_id=tracking.active_run_id() or "",
     )
     checkpoint.check_replaceable(folder, cfg.method.name, cfg.backbone.name, cfg.task.name)
     train_state.finish_cascade_work(work)

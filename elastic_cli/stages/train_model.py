@@ -164,6 +164,7 @@ def checkpoint_meta(
         shape=fitted.model.name,
         shape_settings=fitted.model.shape_settings(),
         format=checkpoint.FORMAT,
+        train_run_id=tracking.active_run_id() or "",
         train_metrics={
             "best_step": fitted.best.step,
             "calibration_exit_scores": fitted.best.scores.tolist(),
