@@ -45,13 +45,42 @@ CONFIG_PATH = _config_path()
 def _run_stage(stage: str, cfg: DictConfig) -> float | None:
     # Inside the job, exit here: Hydra would otherwise add its own "Error executing job" line.
     from elastic_cli.checks import to_root
+    from elastic_cli.progress import console
 
+    console.record = True  # what the stage prints goes into the job's log file too (_save_transcript)
     try:
         root = to_root(cfg)
         module = importlib.import_module(f"elastic_cli.stages.{stage}")
         return module.run(root, cfg)
     except _user_errors() as err:
+        _save_transcript(f"error: {err}")
         fail(err)
+    except BaseException as err:
+        _save_transcript(f"stopped: {type(err).__name__}: {err}".rstrip(": "))
+        raise
+    finally:
+        _save_transcript()
+
+
+def _save_transcript(last_line: str = "") -> None:
+    """Append what the stage printed (its tables and summary lines, as plain text) to Hydra's log file of
+    the job, <run dir>/<stage>.log, which otherwise holds only log records: nothing, for most stages."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from elastic_cli.progress import console
+
+    text = console.export_text(clear=True)
+    if last_line:
+        text += last_line + "\n"
+    if not text or not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    path = Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log"
+    try:
+        with path.open("a", encoding="utf-8") as log_file:
+            log_file.write(text)
+    except OSError:
+        pass  # the log is a copy of what the terminal showed: never worth failing the stage for
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -13,8 +16,22 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+# Off a terminal (a pipe, a job's log file) rich assumes 80 columns and squeezes tables into wrapped cells;
+# nothing reads that output at a width, so give tables room: $COLUMNS when set, else this (a 24-exit sweep
+# table is about 270 wide).
+WIDTH_OFF_A_TERMINAL = 400
+
+
+def fit_width(console: Console, environ: Mapping[str, str] | None = None) -> Console:
+    """`console`, at the terminal's width when it writes to one, else at $COLUMNS or WIDTH_OFF_A_TERMINAL."""
+    if not console.is_terminal:
+        columns = (os.environ if environ is None else environ).get("COLUMNS", "")
+        console.width = int(columns) if columns.strip().isdigit() and int(columns) > 0 else WIDTH_OFF_A_TERMINAL
+    return console
+
+
 # soft wrap: a long path in a log line stays on one line (grep finds it), whatever the width
-console = Console(stderr=True, soft_wrap=True)
+console = fit_width(Console(stderr=True, soft_wrap=True))
 
 
 class LineProgress:

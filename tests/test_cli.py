@@ -160,11 +160,14 @@ def test_evaluate_run_says_what_it_evaluated(trained: Path):
     experiment = MlflowClient().get_experiment_by_name("sst2")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert "sst2" in experiment.tags["mlflow.note.content"]
-    # every stage ends with its run id and where the UI shows it
+    # every stage ends with its run id and where the UI shows it; Hydra's job log holds the same lines
     for stage, run in (("train", tr), ("calibrate", cal), ("evaluate", ev)):
         stderr = (trained / f"{stage}.stderr").read_text()
         link = f"{stage} run {run['run_id']}: http://127.0.0.1:5000/#/experiments/{run['experiment_id']}"
         assert link in stderr
+        (job_log,) = (trained / "outputs" / "runs").glob(f"*_{stage}_sst2_early_exit/{stage}.log")
+        assert link in job_log.read_text()
+    assert "accuracy" in job_log.read_text() and "FLOPs speed-up" in job_log.read_text()
 
 
 def test_exit_histogram_and_predictions_are_logged(trained: Path):

@@ -215,7 +215,14 @@ def test_sweep_parent_gets_children_summary_and_pareto(
     client = client_for(store)
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
-    assert parent.info.run_name == f"sweep evaluate {task}"
+    assert parent.info.run_name == "sweep evaluate early_exit tiny-bert maxprob over exit.threshold"
+    assert (
+        parent.data.tags["elastic.method"] == "early_exit"
+        and parent.data.tags["elastic.backbone"] == "tiny-bert"
+    )
+    # the children's params it shares (no checkpoint here: the config's), the swept one left out
+    assert parent.data.params["method.name"] == "early_exit" and parent.data.params["seed"] == "42"
+    assert "method.exit.threshold" not in parent.data.params and "exit.threshold" not in parent.data.params
     assert parent.data.tags["elastic.sweep"] == "true" and parent.data.tags["elastic.task"] == task
     assert parent.data.tags[hydra_callbacks.SWEEP_KEYS_TAG] == "method.exit.threshold"
     children = runs_of(store, task)[1:]
@@ -252,6 +259,10 @@ def test_sweep_parent_fails_when_a_child_fails_or_none_ran(
     parent = client_for(store).get_run(tracking.parent_run_id(tmp_path / "one"))
     assert parent.info.status == "FAILED"
     assert parent.data.metrics["children"] == 2 and parent.data.metrics["failed_children"] == 1
+    # the failed child is counted, not summarised: summary.csv (MLflow's and the sweep folder's) skips it
+    summary = pd.read_csv(io.StringIO(artifact_text(store, parent.info.run_id, "summary.csv")))
+    assert summary["status"].tolist() == ["FINISHED"]
+    assert (tmp_path / "one" / "summary.csv").read_text() == summary.to_csv(index=False)
 
     empty = sweep_config(store, task, tmp_path / "empty")
     callback.on_multirun_start(empty)
@@ -462,3 +473,22 @@ def test_real_hydra_multirun_in_one_process(
         "summary.csv",
         "pareto.png",
     }
+
+
+def test_experiments_open_on_their_runs_and_say_what_they_hold(store: Path):
+    """MLflow 3 opens an experiment without `mlflow.experimentKind` on GenAI traces: elastic's are tagged
+    when created, and an existing one (made by hand, or by an older elastic) when first used."""
+    client = client_for(store)
+    old_id = client.create_experiment("made_by_hand", tags={"mlflow.note.content": "my notes"})
+    cfg, raw = make_config(store, "made_by_hand")
+    with tracking.stage_run(cfg, raw):
+        pass
+    tags = client.get_experiment(old_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert tags["mlflow.note.content"] == "my notes"  # a user's description is kept
+    cfg, raw = make_config(store, "fresh_kind_task")
+    with tracking.stage_run(cfg, raw):
+        pass
+    fresh = client.get_experiment_by_name("fresh_kind_task")
+    assert fresh.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "fresh_kind_task" in fresh.tags["mlflow.note.content"]

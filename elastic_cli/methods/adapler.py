@@ -123,6 +123,9 @@ class AdaplerObjective(Objective):
         self.speed_loss = ce + self.phi * out.soft_lengths.sum(dim=1).mean()
         return ce + self.gamma * (weights * kl).sum()
 
+    def describe(self, step: int) -> str:
+        return "cross-entropy + saliency KL"
+
     def kl_per_layer(self, out: SoftTrace, rows: torch.Tensor) -> torch.Tensor:
         """KL(S_l || s_l) per layer [L], averaged over the batch."""
         assert out.log_importance is not None and out.alive is not None and out.theta is not None

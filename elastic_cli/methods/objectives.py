@@ -46,6 +46,11 @@ class Objective(nn.Module):
         """What this objective logs after each epoch, beside the exits' scores: none by default."""
         return {}
 
+    def describe(self, step: int) -> str:
+        """What the loss at `step` adds up, for the progress line's `loss (...)`: "" for a plain loss (one
+        exit, or an objective that does not say)."""
+        return ""
+
     # Hooks of the training loop (stages/train_loop.py); the defaults are plain fine-tuning.
 
     def parameter_groups(self, model: nn.Module) -> list[dict[str, Any]]:
@@ -75,12 +80,18 @@ class FinalOnly(Objective):
     def forward(self, out: ExitSignals, labels: torch.Tensor, step: int) -> torch.Tensor:
         return per_exit_losses(out.logits[:, -1:], labels)[0]
 
+    def describe(self, step: int) -> str:
+        return "final exit" if len(self.exit_layers) > 1 else ""
+
 
 class Summed(Objective):
     """The plain sum of exit losses: SWEET (MultiExitCrossEntropyLoss), ElasticBERT, early_exit."""
 
     def forward(self, out: ExitSignals, labels: torch.Tensor, step: int) -> torch.Tensor:
         return per_exit_losses(out.logits, labels).sum()
+
+    def describe(self, step: int) -> str:
+        return _over("sum", len(self.exit_layers))
 
 
 class SummedIntermediate(Objective):
@@ -89,6 +100,9 @@ class SummedIntermediate(Objective):
     def forward(self, out: ExitSignals, labels: torch.Tensor, step: int) -> torch.Tensor:
         return per_exit_losses(out.logits[:, :-1], labels).sum()
 
+    def describe(self, step: int) -> str:
+        return _over("sum", len(self.exit_layers) - 1)
+
 
 class LayerWeighted(Objective):
     """PABEE: a weighted average, sum_j j * L_j / sum_j j, j the exit's layer number."""
@@ -96,6 +110,9 @@ class LayerWeighted(Objective):
     def forward(self, out: ExitSignals, labels: torch.Tensor, step: int) -> torch.Tensor:
         j = torch.tensor(self.exit_layers, dtype=out.logits.dtype, device=out.logits.device)
         return (j * per_exit_losses(out.logits, labels)).sum() / j.sum()
+
+    def describe(self, step: int) -> str:
+        return _over("layer-weighted mean", len(self.exit_layers))
 
 
 class SelfDistillation(Objective):
@@ -114,6 +131,10 @@ class SelfDistillation(Objective):
         students = F.log_softmax(out.logits[:, :-1] / t, dim=-1)  # [B, E-1, C]
         kl = (teacher * (teacher.clamp_min(1e-12).log() - students)).sum(-1)  # [B, E-1]
         return kl.mean(dim=0).sum() * t * t
+
+    def describe(self, step: int) -> str:
+        over = _over("sum", len(self.exit_layers) - 1)
+        return f"distillation, {over}" if over else "distillation"
 
 
 class DynamicWeights(Objective):
@@ -134,6 +155,9 @@ class DynamicWeights(Objective):
     def forward(self, out: ExitSignals, labels: torch.Tensor, step: int) -> torch.Tensor:
         return (self.weights() * per_exit_losses(out.logits, labels)).sum()
 
+    def describe(self, step: int) -> str:
+        return _over("weighted sum", len(self.exit_layers))
+
     def logged(self, exit_layers: list[int]) -> dict[str, float]:
         """The exit weights w_i, one per exit layer."""
         weights = self.weights().detach().cpu().numpy()
@@ -146,6 +170,14 @@ class Alternating(Objective):
     def forward(self, out: ExitSignals, labels: torch.Tensor, step: int) -> torch.Tensor:
         losses = per_exit_losses(out.logits, labels)
         return losses[-1] if step % 2 == 0 else losses.sum()
+
+    def describe(self, step: int) -> str:
+        return "final exit" if step % 2 == 0 else _over("sum", len(self.exit_layers))
+
+
+def _over(how: str, exits: int) -> str:
+    """`sum over 6 exits`; "" for one exit, where the loss is that exit's."""
+    return f"{how} over {exits} exits" if exits > 1 else ""
 
 
 def lte_loss(out: ExitSignals, labels: torch.Tensor) -> torch.Tensor:

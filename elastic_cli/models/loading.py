@@ -8,10 +8,12 @@ config and the tokenizer, the caller writes the whole multi-exit state dict, and
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import pickle
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from transformers import (
 )
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.utils import cached_file
+from transformers.utils import logging as hf_logging
 
 from elastic_cli.config import BackboneConfig
 from elastic_cli.errors import UserError
@@ -41,6 +44,7 @@ from elastic_cli.models.adapters import (
 )
 from elastic_cli.models.json_files import first_line, read_json_object
 from elastic_cli.models.tiny import build_tiny
+from elastic_cli.progress import console
 
 HUB_HINT = (
     "point backbone.path at a local model folder, or use backbone=minilm-l6 / mpnet-base with "
@@ -192,18 +196,21 @@ def _load_pretrained(family: str, path: str) -> tuple[BackboneAdapter, PreTraine
         else:
             config = AutoConfig.from_pretrained(source, local_files_only=local_only)
             model_class = hf_model_class(config)
-            # with output_loading_info, from_pretrained returns (model, info)
-            loaded: Any = model_class.from_pretrained(
-                source,
-                config=config,
-                attn_implementation=attention_implementation(model_class),
-                dtype=torch.float32,
-                local_files_only=local_only,
-                output_loading_info=True,
-            )
+            # with output_loading_info, from_pretrained returns (model, info); transformers' own report of
+            # the keys is held back and said here instead (`report_keys`)
+            with _without_load_report():
+                loaded: Any = model_class.from_pretrained(
+                    source,
+                    config=config,
+                    attn_implementation=attention_implementation(model_class),
+                    dtype=torch.float32,
+                    local_files_only=local_only,
+                    output_loading_info=True,
+                )
             model, info = loaded
-            missing_keys: list[str] = info["missing_keys"]
+            missing_keys = sorted(info["missing_keys"])
             pooler_loaded = not any(key.startswith("pooler.") for key in missing_keys)
+            report_keys(source, missing_keys, sorted(info["unexpected_keys"]))
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     except (SafetensorError, json.JSONDecodeError, UnicodeDecodeError) as err:  # a damaged file
         raise UserError(
@@ -218,6 +225,76 @@ def _load_pretrained(family: str, path: str) -> tuple[BackboneAdapter, PreTraine
     adapter = make_adapter(family, model.eval())
     adapter.has_pretrained_pooler = adapter.has_pretrained_pooler and pooler_loaded
     return adapter, tokenizer
+
+
+def _is_load_report(record: logging.LogRecord) -> bool:
+    return record.funcName == "log_state_dict_report"
+
+
+@contextlib.contextmanager
+def _without_load_report() -> Iterator[None]:
+    """transformers' load report (a table of MISSING / UNEXPECTED keys, logged as a warning by
+    `log_state_dict_report`) held back, every other log record of from_pretrained let through; and off a
+    terminal its "Loading weights" bar too, which a log file gets as one line of carriage returns."""
+    logger = logging.getLogger("transformers.modeling_utils")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not _is_load_report(record)
+
+    bar = hf_logging.is_progress_bar_enabled()
+    logger.addFilter(keep)
+    if not console.is_terminal:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
+def report_keys(source: str, missing: Sequence[str], unexpected: Sequence[str]) -> None:
+    """What transformers' load report says, in a line each: pooler weights, which checkpoints often lack
+    (sentence-transformers folders, `add_pooling_layer=False`) or carry beyond the config, are a note;
+    any other key is a warning."""
+
+    def split(keys: Sequence[str]) -> tuple[list[str], list[str]]:
+        return [k for k in keys if k.startswith("pooler.")], [k for k in keys if not k.startswith("pooler.")]
+
+    pooler_missing, other_missing = split(missing)
+    pooler_unused, other_unused = split(unexpected)
+    if pooler_missing:
+        console.print(
+            f"note: {source} has no pooler weights ({_names(pooler_missing)}): "
+            "the exit heads cannot start from a pretrained pooler",
+            highlight=False,
+        )
+    if pooler_unused:
+        console.print(
+            f"note: the checkpoint's pooler weights ({_names(pooler_unused)}) are not used by this backbone config",
+            highlight=False,
+        )
+    if other_missing:
+        console.print(
+            f"[yellow]warning:[/yellow] {len(other_missing)} backbone weights are missing from {source} "
+            f"and start random: {_names(other_missing)}",
+            highlight=False,
+        )
+    if other_unused:
+        console.print(
+            f"[yellow]warning:[/yellow] {source} holds {len(other_unused)} weights this backbone does not "
+            f"use: {_names(other_unused)}",
+            highlight=False,
+        )
+
+
+def _names(keys: Sequence[str], shown: int = 4) -> str:
+    """`pooler.dense.*` for the parameters of one module, else the first few names and how many more."""
+    modules = {key.rpartition(".")[0] for key in keys}
+    if len(keys) > 1 and len(modules) == 1:
+        return f"{modules.pop()}.*"
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
 
 
 # ElasticBERT (fnlp/elasticbert-base) declares model_type "elasticbert", which transformers does not

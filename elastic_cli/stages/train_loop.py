@@ -28,7 +28,14 @@ from elastic_cli.methods import Method
 from elastic_cli.methods.objectives import Objective
 from elastic_cli.models.multi_exit import MultiExitModel
 from elastic_cli.stages import train_state
-from elastic_cli.stages.common import all_exit_outputs, cost_dims, exit_scores, progress, score_name
+from elastic_cli.stages.common import (
+    all_exit_outputs,
+    console,
+    cost_dims,
+    exit_scores,
+    progress,
+    score_name,
+)
 
 
 def set_trainable(model: MultiExitModel, trainable: str) -> list[torch.nn.Parameter]:
@@ -42,6 +49,28 @@ def set_trainable(model: MultiExitModel, trainable: str) -> list[torch.nn.Parame
         if model.lte is not None:
             model.lte.requires_grad_(True)
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def loss_label(objective: Objective, step: int, has_lte: bool) -> str:
+    """`loss (sum over 6 exits)`: what the loss on the progress line adds up (the multi-exit loss is no
+    single exit's), `loss` alone for one exit's."""
+    what = objective.describe(step)
+    if has_lte:  # Method.loss adds the learning-to-exit module's loss
+        what = f"{what} + LTE" if what else "+ LTE"
+    return f"loss ({what})" if what else "loss"
+
+
+def epoch_scores_line(
+    exit_layers: list[int], scores: np.ndarray, name: str, final_only: bool, speedup: float | None
+) -> str:
+    """`calibration accuracy per exit L1 0.7100 ... L6 0.8500 (mean 0.8000)`: one epoch's scores."""
+    if final_only or len(scores) == 1:
+        # (a final-only stage trains no other exit: their scores would be noise)
+        line = f"calibration {name} L{exit_layers[-1]} {float(scores[-1]):.4f}"
+    else:
+        per_exit = " ".join(f"L{layer} {float(a):.4f}" for layer, a in zip(exit_layers, scores))
+        line = f"calibration {name} per exit {per_exit} (mean {float(scores.mean()):.4f})"
+    return line + (f", FLOPs speed-up {speedup:.2f}x" if speedup is not None else "")
 
 
 def build_optimizer(
@@ -265,7 +294,8 @@ def train_stage(
                 schedule.step()
                 done += 1
                 step += 1
-                bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {loss.item():.4f}")
+                shown = f"{loss_label(objective, done - 1, model.lte is not None)} {loss.item():.4f}"
+                bar.update(task, advance=1, info=f"epoch {epoch + 1} {shown}")
                 if done % train.log_every == 0 or done == total:
                     tracking.log_metrics(
                         {
@@ -304,6 +334,12 @@ def train_stage(
             score = float(scores[-1] if final_only else scores.mean())
             shown = f"epoch {epoch} {'final' if final_only else 'mean'} exit score {score:.4f}"
             bar.update(task, info=shown + (f", FLOPs speed-up {speedup:.2f}x" if speedup is not None else ""))
+            # a line per epoch: the bar's info is overwritten, and off a terminal it is never printed
+            stage_name = f"stage {s + 1} " if len(method.stages()) > 1 else ""
+            console.print(
+                f"{stage_name}epoch {epoch}: "
+                + epoch_scores_line(model.exit_layers, scores, name, final_only, speedup)
+            )
             rank = [float(r) for r in objective.rank(score, speedup)]
             best = best.offer(rank, score, scores, model, step, s, stage.keep_best)
             save_state(epoch, 0)
