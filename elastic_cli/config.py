@@ -108,7 +108,7 @@ class TinyBackboneConfig:
 @dataclass
 class BackboneConfig:
     name: str = "???"
-    family: str = "???"  # a registered adapter (elastic_cli/models/adapters.py): bert, mpnet, ...
+    family: str = "???"  # the architecture's adapter: bert, mpnet, albert, distilbert, deberta
     path: str = "???"  # hub id or local folder (ignored when `tiny` is set)
     tiny: TinyBackboneConfig | None = None  # set: a random tiny model of this shape instead of `path`
     pooling: Pooling = Pooling.cls  # how an exit head reads the hidden states
@@ -127,7 +127,7 @@ class ExitRuleConfig:
     # null: take the threshold chosen by `calibrate` (calibration.json beside the checkpoint)
     threshold: float | None = None
     # the grid of `sweep=thresholds`: thresholds separated by commas (`method.exit.sweep=0.6,0.9` on the
-    # command line is this one string, not a multirun: see cli._exit_group_shorthand)
+    # command line is this one grid, not a multirun over it)
     sweep: str = "0.5,0.6,0.7,0.8,0.85,0.9,0.95,0.99"
 
 
@@ -153,8 +153,10 @@ class MethodConfig:
     # "all" (every layer), "last", a list of 1-indexed layer numbers such as [4,6,12], or a list of
     # fractions of the depth such as [0.0833,0.333,0.5,1.0] (SWEET's 0_3_5_11 on any depth)
     exit_layers: Any = "all"
-    head: str = "pooler"  # a registered head kind (elastic_cli/models/heads.py)
-    objective: str = "sum"  # see elastic_cli/methods/objectives.py
+    head: str = "pooler"  # the exit classifier: pooler, shared_pooler, shared, fastbert
+    # the training loss over the exits: sum, final_only, sum_intermediate, layer_weighted (PABEE),
+    # self_distil (FastBERT), dyn_weights (ELBERT), alternate (BERxiT)
+    objective: str = "sum"
     stages: list[TrainStageConfig] = field(default_factory=list)  # empty: one stage of `objective`
     stop_gradient: bool = False  # SWEET: no gradient from exit k into the layers before exit k-1
     gradient_equilibrium: bool = False  # ElasticBERT: average, not sum, the exits' gradients per layer
@@ -240,6 +242,9 @@ class TrackingConfig:
     uri: str | None = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///<outputs>/mlflow.db
     experiment: str | None = None  # null: the task name
     enabled: bool = True
+    # where the printed run links point: null: the tracking server itself, else `mlflow ui`'s
+    # http://127.0.0.1:5000 (set it when the UI runs elsewhere, e.g. mlflow ui --port 8080)
+    ui_url: str | None = None
 
 
 @dataclass

@@ -54,6 +54,7 @@ class SweepParent:
     uri: str
     run_id: str
     sweep_dir: Path
+    ui_url: str | None = None  # tracking.ui_url: where the printed link points
 
 
 class MlflowSweepCallback(Callback):
@@ -176,7 +177,8 @@ def start_sweep_parent(config: DictConfig) -> SweepParent:
     sweep_dir = Path(str(config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / tracking.PARENT_RUN_FILE).write_text(run_id + "\n", encoding="utf-8")
-    return SweepParent(uri=uri, run_id=run_id, sweep_dir=sweep_dir)
+    ui_url = OmegaConf.select(config, "tracking.ui_url", default=None)
+    return SweepParent(uri=uri, run_id=run_id, sweep_dir=sweep_dir, ui_url=ui_url)
 
 
 def sweep_overrides(config: DictConfig) -> list[str]:
@@ -430,12 +432,10 @@ def print_summary(
             + ", ".join(f"{r.run_name} ({r.status}, {r.run_id})" for r in bad.itertuples()),
             highlight=False,
         )
-    console.print(
-        f"sweep parent run {parent.run_id} ({status}): {run_link(parent.uri, experiment_id, parent.run_id)}",
-        highlight=False,
-    )
+    link = run_link(parent.uri, experiment_id, parent.run_id, parent.ui_url)
+    console.print(f"sweep parent run {parent.run_id} ({status}): {link}", highlight=False)
     opens = ui_command(parent.uri)
-    if opens:
+    if opens and not parent.ui_url:
         console.print(f"  (open the UI first: {opens})", highlight=False)
     for path in written:
         console.print(f"  {path}", highlight=False)

@@ -126,13 +126,16 @@ def run_name(
     return " ".join(parts)
 
 
-def ui_base(uri: str) -> str:
-    """The address of the MLflow UI for a tracking uri: the server itself, else `mlflow ui`'s default."""
+def ui_base(uri: str, ui_url: str | None = None) -> str:
+    """The address of the MLflow UI: `tracking.ui_url`, else the tracking server itself, else `mlflow ui`'s
+    default."""
+    if ui_url:
+        return ui_url.rstrip("/")
     return uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
 
 
-def run_link(uri: str, experiment_id: str, run_id: str) -> str:
-    return f"{ui_base(uri)}/#/experiments/{experiment_id}/runs/{run_id}"
+def run_link(uri: str, experiment_id: str, run_id: str, ui_url: str | None = None) -> str:
+    return f"{ui_base(uri, ui_url)}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def ui_command(uri: str) -> str:

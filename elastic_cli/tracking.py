@@ -548,16 +548,17 @@ def stage_run(
         raise
     else:
         _end_run(client, run.info.run_id, "FINISHED")
-        say_run(uri, run.info.experiment_id, run.info.run_id, cfg.stage)
+        say_run(uri, run.info.experiment_id, run.info.run_id, cfg.stage, cfg.tracking.ui_url)
     finally:
         _active = None
 
 
-def say_run(uri: str, experiment_id: str, run_id: str, what: str) -> None:
+def say_run(uri: str, experiment_id: str, run_id: str, what: str, ui_url: str | None = None) -> None:
     """The last lines of a stage: its run id and where the UI shows it."""
-    console.print(f"{what} run {run_id}: {run_record.run_link(uri, experiment_id, run_id)}", highlight=False)
+    link = run_record.run_link(uri, experiment_id, run_id, ui_url)
+    console.print(f"{what} run {run_id}: {link}", highlight=False)
     opens = run_record.ui_command(uri)
-    if opens:
+    if opens and not ui_url:
         console.print(f"  (open the UI first: {opens})", highlight=False)
 
 

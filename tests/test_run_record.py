@@ -102,6 +102,9 @@ def test_links_point_at_the_ui_of_the_store():
         "http://mlflow.lab:8080/#/experiments/3/runs/abc"
     )
     assert run_record.ui_command("http://mlflow.lab:8080") == ""
+    assert run_record.run_link("sqlite:////x/mlflow.db", "3", "abc", "http://gpu-box:8080/") == (
+        "http://gpu-box:8080/#/experiments/3/runs/abc"
+    )
     note = run_record.train_run_note(
         run_record.CheckpointRecord(Path("/c"), "sha256:0123456789abcdef", "r9", None), "2"
     )
