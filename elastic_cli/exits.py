@@ -22,6 +22,7 @@ import torch
 
 from elastic_cli.config import FRACTION, POSITIVE, Bound, ExitRuleConfig, at_least
 from elastic_cli.errors import UserError
+from elastic_cli.progress import console
 from elastic_cli.registry import Registry, as_schema
 from elastic_cli.signals import ExitSignals
 
@@ -115,6 +116,11 @@ class ExitRule(Generic[C]):
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def inert_settings(self, num_exits: int) -> list[str]:
+        """This rule's settings (its config, the threshold when one is set) that can never act on a model
+        with `num_exits` exits, a line each saying why; none by default. `check_applicable` warns of them."""
+        return []
+
 
 RULES: Registry[ExitRule[Any]] = Registry("exit rule", "method.exit.name", group="exit")
 # (a rule without extra settings has none of its own: its YAML names config.py's schema/exit/base)
@@ -150,6 +156,13 @@ class MaxProb(ExitRule[ExitRuleConfig]):
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         confidence = signals.logits.softmax(dim=-1).amax(dim=-1)
         return confidence >= _threshold(threshold, confidence)
+
+
+def _never_below(threshold: float | None, score: str, outcome: str = "no example exits early") -> list[str]:
+    """A rule that exits when `score` (never negative) is strictly below the threshold never does at 0."""
+    if threshold is None or threshold > 0:
+        return []
+    return [f"method.exit.threshold={threshold:g}: {score} is never below {threshold:g}, so {outcome}"]
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -197,6 +210,9 @@ class Entropy(ExitRule[ExitRuleConfig]):
         entropy = _entropy(signals.logits)
         return entropy < _threshold(threshold, entropy)
 
+    def inert_settings(self, num_exits: int) -> list[str]:
+        return _never_below(self.cfg.threshold, "the entropy")
+
 
 @RULES.register("norm_entropy")
 class NormalisedEntropy(ExitRule[ExitRuleConfig]):
@@ -208,6 +224,9 @@ class NormalisedEntropy(ExitRule[ExitRuleConfig]):
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         uncertainty = _normalised_entropy(signals.logits)
         return uncertainty < _threshold(threshold, uncertainty)
+
+    def inert_settings(self, num_exits: int) -> list[str]:
+        return _never_below(self.cfg.threshold, "the normalised entropy")
 
 
 @RULES.register("patience", schema=PatienceExitConfig)
@@ -242,6 +261,17 @@ class Patience(ExitRule[PatienceExitConfig]):
             agree = prediction[:, 1:] == prediction[:, :-1]
         counter = _streak(agree).to(z.dtype)  # float, so a threshold compares the same as a float or a tensor
         return counter >= _threshold(threshold, counter)
+
+    def inert_settings(self, num_exits: int) -> list[str]:
+        t = self.cfg.threshold
+        # the counter reaches t at exit t + 1 (1-indexed) at the earliest: the last, or past it
+        if t is None or t < num_exits - 1:
+            return []
+        where = "the last" if t == num_exits - 1 else "past the last"
+        return [
+            f"method.exit.threshold={t:g}: a patience of {t:g} is reached at exit {t + 1:g} at the earliest, "
+            f"{where} of this model's {num_exits} exits: no example exits early"
+        ]
 
 
 ELBERT_MODES = ("bias_1", "bias_2", "bias_3", "entropy")
@@ -315,6 +345,20 @@ class Elbert(ExitRule[ElbertExitConfig]):
         fired[:, w - 1 :] = passed
         return fired
 
+    def inert_settings(self, num_exits: int) -> list[str]:
+        inert = _never_below(
+            self.cfg.threshold, "the normalised entropy", "ELBERT's entropy test never fires"
+        )
+        w = self.window
+        if self.mode == "entropy" or w < num_exits:
+            return inert
+        # the window test fires at exit w at the earliest; every example stops at the last exit anyway
+        where = "never completes" if w > num_exits else "completes only at the last exit"
+        return inert + [
+            f"method.exit.window={w}: the window {where} on this model's {num_exits} exits, so the rule is "
+            f"ELBERT's entropy test alone (mode={self.mode} never acts)"
+        ]
+
 
 @RULES.register("lte")
 class LearnedToExit(ExitRule[ExitRuleConfig]):
@@ -345,6 +389,9 @@ class LearnedToExit(ExitRule[ExitRuleConfig]):
         if signals.lte is None:
             raise UserError(_NO_LTE.format(name=self.name))
         return signals.lte < _threshold(threshold, signals.lte)
+
+    def inert_settings(self, num_exits: int) -> list[str]:
+        return _never_below(self.cfg.threshold, "the learned-to-exit score")
 
 
 @RULES.register("energy", schema=EnergyExitConfig)
@@ -419,7 +466,8 @@ def build_rule(cfg: ExitRuleConfig) -> ExitRule:
 
 
 def check_applicable(rule: ExitRule, num_labels: int, has_lte: bool, num_exits: int | None = None) -> None:
-    """Reject a rule that cannot work on this model (regression exits, no learned-to-exit module).
+    """Reject a rule that cannot work on this model (regression exits, no learned-to-exit module), and warn
+    of its settings that never act on its `num_exits` exits (`ExitRule.inert_settings`; train passes none).
     A single-exit model (the static baseline) never applies its rule: anything goes."""
     if num_exits == 1:
         return
@@ -433,6 +481,9 @@ def check_applicable(rule: ExitRule, num_labels: int, has_lte: bool, num_exits: 
         )
     if rule.needs_lte and not has_lte:
         raise UserError(_NO_LTE.format(name=rule.name))
+    if num_exits is not None:
+        for line in rule.inert_settings(num_exits):
+            console.print(f"[yellow]warning:[/] {line}", highlight=False)
 
 
 def decisions(

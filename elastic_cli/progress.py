@@ -26,7 +26,9 @@ def fit_width(console: Console, environ: Mapping[str, str] | None = None) -> Con
     """`console`, at the terminal's width when it writes to one, else at $COLUMNS or WIDTH_OFF_A_TERMINAL."""
     if not console.is_terminal:
         columns = (os.environ if environ is None else environ).get("COLUMNS", "")
-        console.width = int(columns) if columns.strip().isdigit() and int(columns) > 0 else WIDTH_OFF_A_TERMINAL
+        console.width = (
+            int(columns) if columns.strip().isdigit() and int(columns) > 0 else WIDTH_OFF_A_TERMINAL
+        )
     return console
 
 

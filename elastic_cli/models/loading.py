@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
+from rich.markup import escape
 from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
@@ -198,7 +199,7 @@ def _load_pretrained(family: str, path: str) -> tuple[BackboneAdapter, PreTraine
             model_class = hf_model_class(config)
             # with output_loading_info, from_pretrained returns (model, info); transformers' own report of
             # the keys is held back and said here instead (`report_keys`)
-            with _without_load_report():
+            with quiet_loading():
                 loaded: Any = model_class.from_pretrained(
                     source,
                     config=config,
@@ -227,19 +228,15 @@ def _load_pretrained(family: str, path: str) -> tuple[BackboneAdapter, PreTraine
     return adapter, tokenizer
 
 
-def _is_load_report(record: logging.LogRecord) -> bool:
-    return record.funcName == "log_state_dict_report"
-
-
 @contextlib.contextmanager
-def _without_load_report() -> Iterator[None]:
+def quiet_loading() -> Iterator[None]:
     """transformers' load report (a table of MISSING / UNEXPECTED keys, logged as a warning by
     `log_state_dict_report`) held back, every other log record of from_pretrained let through; and off a
     terminal its "Loading weights" bar too, which a log file gets as one line of carriage returns."""
     logger = logging.getLogger("transformers.modeling_utils")
 
     def keep(record: logging.LogRecord) -> bool:
-        return not _is_load_report(record)
+        return record.funcName != "log_state_dict_report"
 
     bar = hf_logging.is_progress_bar_enabled()
     logger.addFilter(keep)
@@ -261,6 +258,7 @@ def report_keys(source: str, missing: Sequence[str], unexpected: Sequence[str]) 
     def split(keys: Sequence[str]) -> tuple[list[str], list[str]]:
         return [k for k in keys if k.startswith("pooler.")], [k for k in keys if not k.startswith("pooler.")]
 
+    source = escape(source)  # a folder's name is not rich markup
     pooler_missing, other_missing = split(missing)
     pooler_unused, other_unused = split(unexpected)
     if pooler_missing:
@@ -276,13 +274,13 @@ def report_keys(source: str, missing: Sequence[str], unexpected: Sequence[str]) 
         )
     if other_missing:
         console.print(
-            f"[yellow]warning:[/yellow] {len(other_missing)} backbone weights are missing from {source} "
+            f"[yellow]warning:[/] {len(other_missing)} backbone weights are missing from {source} "
             f"and start random: {_names(other_missing)}",
             highlight=False,
         )
     if other_unused:
         console.print(
-            f"[yellow]warning:[/yellow] {source} holds {len(other_unused)} weights this backbone does not "
+            f"[yellow]warning:[/] {source} holds {len(other_unused)} weights this backbone does not "
             f"use: {_names(other_unused)}",
             highlight=False,
         )
