@@ -118,13 +118,6 @@ def _help() -> str:
     return "\n".join(lines)
 
 
-def searchpath_override(folders: list[Path]) -> list[str]:
-    """The override that puts the plug-ins' conf/ folders on Hydra's search path, if there are any."""
-    if not folders:
-        return []
-    return ["hydra.searchpath=[" + ",".join(f"'file://{folder}'" for folder in folders) + "]"]
-
-
 def _print(text: str) -> None:
     try:
         print(text)
@@ -214,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
             fail(err)
         _print(text)
         return
-    from elastic_cli.plugins import register_configs
+    from elastic_cli.plugins import register_configs, searchpath_override
 
     try:
         plugin_conf = register_configs()

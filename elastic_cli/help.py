@@ -63,7 +63,6 @@ def stage_help(stage: str, what: str, config_path: str, overrides: list[str]) ->
     """The help of `elastic STAGE overrides... --help`; Hydra and OmegaConf errors (a wrong option or key)
     propagate for the caller to report."""
     from elastic_cli import plugins
-    from elastic_cli.cli import searchpath_override
 
     sweeps = [
         o.input_line for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()
@@ -73,7 +72,7 @@ def stage_help(stage: str, what: str, config_path: str, overrides: list[str]) ->
     config.register_configs()
     # outside plug-ins are imported to find their conf/ folders; the package's own wait until needed
     outside = bool(os.environ.get(plugins.PLUGINS_ENV, "").strip(" ,"))
-    searchpath = searchpath_override(plugins.register_configs()) if outside else []
+    searchpath = plugins.searchpath_override(plugins.register_configs()) if outside else []
     overrides = [*overrides, *searchpath]
     with _hydra(config_path, stage):
         try:

@@ -37,3 +37,10 @@ def register_configs() -> list[Path]:
         if conf.is_dir():
             folders.append(conf.resolve())
     return folders
+
+
+def searchpath_override(folders: list[Path]) -> list[str]:
+    """The override that puts the plug-ins' conf/ folders on Hydra's search path, if there are any."""
+    if not folders:
+        return []
+    return ["hydra.searchpath=[" + ",".join(f"'file://{folder}'" for folder in folders) + "]"]
