@@ -492,3 +492,29 @@ def test_experiments_open_on_their_runs_and_say_what_they_hold(store: Path):
     fresh = client.get_experiment_by_name("fresh_kind_task")
     assert fresh.tags["mlflow.experimentKind"] == "custom_model_development"
     assert "fresh_kind_task" in fresh.tags["mlflow.note.content"]
+
+
+def test_a_checkpoint_that_does_not_name_its_train_run_is_linked_by_its_folder(store: Path, tmp_path: Path):
+    """Checkpoints written before meta.json recorded train_run_id: the last finished train run of the
+    folder is linked; a run id from another store is tagged, and said to be elsewhere."""
+    from elastic_cli import run_record
+
+    folder = tmp_path / "ckpt"
+    cfg, raw = make_config(store, "link_task", stage="train")
+    with tracking.stage_run(cfg, raw, checkpoint=folder) as train_run:
+        pass
+    cfg, raw = make_config(store, "link_task")
+    record = run_record.CheckpointRecord(folder.resolve(), "sha256:00", "", None)
+    with tracking.stage_run(cfg, raw, checkpoint=folder, record=record) as run:
+        pass
+    tags = client_for(store).get_run(run.info.run_id).data.tags
+    assert tags["elastic.train_run_id"] == train_run.info.run_id
+    assert f"/runs/{train_run.info.run_id})" in tags["mlflow.note.content"]
+    elsewhere = run_record.CheckpointRecord(folder.resolve(), "sha256:00", "0123abcd", None)
+    with tracking.stage_run(cfg, raw, checkpoint=folder, record=elsewhere) as run:
+        pass
+    tags = client_for(store).get_run(run.info.run_id).data.tags
+    assert (
+        tags["elastic.train_run_id"] == "0123abcd"
+        and "not in this tracking store" in tags["mlflow.note.content"]
+    )
