@@ -160,9 +160,10 @@ def train_run_note(record: CheckpointRecord, experiment_id: str | None) -> str:
 
 
 def experiment_description(name: str) -> str:
+    # plain text: the experiments list shows it unrendered
     return (
-        f"elastic runs for task `{name}`: train, calibrate and evaluate of adaptive-inference methods "
-        "(early exit, cascades, token reduction). Compare runs with the columns `accuracy` (or the "
-        "task's metric), `flops_speedup`, `latency_speedup_p50`; sweeps are parent runs with their "
-        "children. Filter failed attempts out with `attributes.status = 'FINISHED'`."
+        f"elastic runs for task {name}: train, calibrate and evaluate of adaptive-inference methods "
+        "(early exit, cascades, token reduction). Compare runs by the columns accuracy (or the task's "
+        "metric), flops_speedup and latency_speedup_p50; a sweep is a parent run with its children. "
+        "Search attributes.status = 'FINISHED' to leave failed attempts out."
     )

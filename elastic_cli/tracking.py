@@ -761,7 +761,9 @@ def log_params(params: Mapping[str, Any]) -> None:
     with_retry(_active.client.log_batch, _active.run_id, params=batch)
 
 
-def log_layer_tokens(mean_tokens: Sequence[float], prefix: str = "", who: str = "") -> None:
+def log_layer_tokens(
+    mean_tokens: Sequence[float], prefix: str = "", who: str = "", files: bool = True
+) -> None:
     """A length-reducing model's mean tokens entering each layer: the metric `<prefix>tokens_kept` with
     step = layer (1-indexed), the table `<prefix>layer_tokens.csv` and a bar chart PNG."""
     if _active is None:
@@ -774,17 +776,22 @@ def log_layer_tokens(mean_tokens: Sequence[float], prefix: str = "", who: str = 
     now = _now_ms()
     series = [Metric(f"{prefix}tokens_kept", float(t), now, layer) for layer, t in enumerate(mean_tokens, 1)]
     with_retry(_active.client.log_batch, _active.run_id, metrics=series)
+    if not files:  # the metric alone: the split's folder holds the files
+        return
     table = pd.DataFrame({"layer": list(range(1, len(mean_tokens) + 1)), "mean_tokens": list(mean_tokens)})
     log_dataframe(table, f"{prefix}layer_tokens.csv")
     title = _figure_title("mean tokens entering each layer", who, prefix)
     log_figure(layer_tokens_figure(mean_tokens, title), f"{prefix}layer_tokens.png")
 
 
-def log_exit_histogram(counts: Sequence[int], layers: Sequence[int], prefix: str = "", who: str = "") -> None:
+def log_exit_histogram(
+    counts: Sequence[int], layers: Sequence[int], prefix: str = "", who: str = "", files: bool = True
+) -> None:
     """counts[i] examples left at layer layers[i] (1-indexed): the metric `<prefix>exit_count` with
     step = layer (for plotting; a runs table shows only its last step, so evaluate also logs
     exit_fraction_<exit> and mean_exit_layer), the table `<prefix>exit_histogram.csv` (layer, count,
-    fraction) and a bar chart PNG titled with `who` (method / backbone / task)."""
+    fraction) and a bar chart PNG titled with `who` (method / backbone / task); `files=False`: the metric
+    alone (the split's folder holds the files)."""
     if _active is None:
         return
     if len(counts) != len(layers):
@@ -800,6 +807,8 @@ def log_exit_histogram(counts: Sequence[int], layers: Sequence[int], prefix: str
         for c, layer in zip(counts, layers, strict=True)
     ]
     with_retry(_active.client.log_batch, _active.run_id, metrics=series)
+    if not files:
+        return
     total = sum(counts)
     table = pd.DataFrame(
         {

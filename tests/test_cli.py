@@ -184,7 +184,8 @@ def test_exit_histogram_and_predictions_are_logged(trained: Path):
         mlflow.artifacts.download_artifacts(run_id=ev["run_id"], tracking_uri=mlflow.get_tracking_uri())
     )
     names = {str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()}
-    assert "validation/predictions.csv" in names and "exit_histogram.png" in names
+    assert "validation/predictions.csv" in names and "validation/exit_histogram.png" in names
+    assert "exit_histogram.png" not in names  # the split's files once, not again at the top
     import pandas as pd
 
     preds = pd.read_csv(local / "validation" / "predictions.csv")

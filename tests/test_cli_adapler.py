@@ -105,7 +105,9 @@ def test_evaluate_logs_tokens_per_layer_flops_and_latency(adapler):
     local = Path(
         mlflow.artifacts.download_artifacts(run_id=ev["run_id"], tracking_uri=mlflow.get_tracking_uri())
     )
-    assert (local / "layer_tokens.png").is_file() and (local / "validation" / "threshold_curve.csv").is_file()
+    assert (local / "validation" / "layer_tokens.png").is_file() and (
+        local / "validation" / "threshold_curve.csv"
+    ).is_file()
     import pandas as pd
 
     curve = pd.read_csv(local / "validation" / "threshold_curve.csv")

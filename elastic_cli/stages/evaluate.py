@@ -109,9 +109,10 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
                         )
                     )
                 tracking.log_metrics(headline)
-                tracking.log_exit_histogram(scores.exit_counts, subject.histogram_steps, who=who)
+                # the unprefixed series for plotting; its table and figure are under <split>/
+                tracking.log_exit_histogram(scores.exit_counts, subject.histogram_steps, files=False)
                 if scores.layer_tokens is not None:
-                    tracking.log_layer_tokens(scores.layer_tokens, who=who)
+                    tracking.log_layer_tokens(scores.layer_tokens, files=False)
             _print(cfg, source, scores)
         if cfg.evaluate.latency:
             _print_latency(headline)
