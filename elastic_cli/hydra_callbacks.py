@@ -336,7 +336,9 @@ def finish_sweep_parent(
     ok = not force_failed and not killed and len(sweep.table) > 0 and failed == 0
     status = "KILLED" if killed else "FINISHED" if ok else "FAILED"
     with_retry(client.set_terminated, parent.run_id, status=status)
-    print_summary(sweep, finished, parent, parent_run.info.experiment_id, status, written)
+    # a sweep cut short by an error or a signal: the CLI's one line ("error: ...", "interrupted") stays last
+    if not (killed or force_failed):
+        print_summary(sweep, finished, parent, parent_run.info.experiment_id, status, written)
     return finished
 
 

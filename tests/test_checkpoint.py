@@ -196,6 +196,7 @@ def test_cascade_meta_takes_the_training_codes_dicts_and_round_trips(one_member_
         "label_names": ["a", "b", "c"],
         "members": [entry],
         "format": checkpoint.FORMAT,
+        "train_run_id": "",
     }
     assert checkpoint.CascadeMeta.load(folder) == meta
     assert checkpoint.CascadeMeta(**written) == meta  # CascadeMember or dicts: the same meta
