@@ -88,7 +88,8 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
             {
                 "exit.threshold_source": source,
                 "exit.temperature_scaled": scaled,
-                **({"exit.threshold": threshold} if cfg.method.exit.threshold is None else {}),
+                # 12 digits: a grid's 0.6900000000000001 reads 0.69
+                **({"exit.threshold": f"{threshold:.12g}"} if cfg.method.exit.threshold is None else {}),
             }
         )
         headline: dict[str, float] = {}
