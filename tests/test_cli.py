@@ -119,6 +119,14 @@ def test_mlflow_holds_every_stage_and_the_metrics(trained: Path):
     assert 1.0 <= ev["metrics.mean_exit_layer"] <= 4.0
     # the real early-exit path agrees with the simulation on cached logits
     assert ev["metrics.adaptive_agreement"] == 1.0
+    # the oracles: the consistent one keeps full depth's accuracy, the correct one beats every exit
+    assert ev["metrics.oracle_consistency_accuracy"] == ev["metrics.exit_accuracy_L4"]
+    assert ev["metrics.oracle_correct_accuracy"] >= max(
+        ev[f"metrics.exit_accuracy_L{k}"] for k in range(1, 5)
+    )
+    assert ev["metrics.oracle_consistency_flops_speedup"] >= 1.0
+    # (the rule may lose up to 1 point, the consistency oracle none: the ratio can pass 1)
+    assert ev["metrics.oracle_room_ratio"] > 0
     tr = runs[runs["tags.elastic.stage"] == "train"].iloc[0]
     assert tr["params.seed"] == "42" and tr["metrics.train/loss"] == tr["metrics.train/loss"]
 

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from rich.table import Table
 from rich.text import Text
 
-from elastic_cli import checkpoint, exits, plots, run_record, timing, tracking
+from elastic_cli import checkpoint, exits, oracle, plots, run_record, timing, tracking
 from elastic_cli.config import RootConfig
 from elastic_cli.cost import ExitCosts
 from elastic_cli.data import load_task_data
@@ -151,6 +151,7 @@ class SplitScores:
     predictions: pd.DataFrame  # one row per example: label, prediction, exit, exit layer, tokens, ...
     curve: pd.DataFrame | None = None  # the rule's whole threshold curve (evaluate.grid)
     layer_tokens: list[float] | None = None  # mean tokens entering each layer (a length-reducing model)
+    oracle: dict[str, float] | None = None  # both oracles' accuracy and speed-ups (elastic_cli/oracle.py)
 
     @property
     def n_examples(self) -> int:
@@ -180,6 +181,7 @@ class SplitScores:
             **{f"exit_fraction_{n}": float(f) for n, f in zip(self.exit_names, fractions)},
             **{f"exit_{self.score_name}_{n}": a for n, a in zip(self.exit_names, self.exit_scores)},
             **self.token_metrics(),
+            **(self.oracle or {}),
         }
 
     def token_metrics(self) -> dict[str, float]:
@@ -271,6 +273,13 @@ def _score_split(
     curve = None
     if cfg.evaluate.grid:
         curve = subject.threshold_curve(rule, cached, costs, temperatures, cfg.evaluate.grid_size)
+    bounds = None
+    if not regression and len(names) > 1:  # one exit (a length-reducing model) has no exit to choose
+        bounds = oracle.oracle_metrics(signals.logits.argmax(dim=-1).numpy(), cached.labels, costs)
+        if curve is not None:
+            bounds["oracle_room_ratio"] = oracle.room_ratio(
+                curve, float(per_exit[-1]), bounds["oracle_consistency_flops_speedup"]
+            )
     return SplitScores(
         split=split,
         score_name=score_name(chosen.shape[-1]),
@@ -288,6 +297,7 @@ def _score_split(
         predictions=pd.DataFrame(columns),
         curve=curve,
         layer_tokens=layer_tokens,
+        oracle=bounds,
     )
 
 
@@ -406,6 +416,19 @@ def _print(cfg: RootConfig, source: str, scores: SplitScores) -> None:
         f"{main_metric(cfg.task.metric)} {scores.task_metric:.4f} | mean exit layer {scores.mean_exit_layer:.2f} | "
         f"layer speed-up {scores.layer_speedup:.2f}x | FLOPs speed-up {scores.flops_speedup:.2f}x"
     )
+    if scores.oracle is not None:
+        o = scores.oracle
+        console.print(
+            f"oracles: consistent (full-depth predictions) at {o['oracle_consistency_flops_speedup']:.2f}x "
+            f"FLOPs; correct ({o['oracle_correct_accuracy']:.4f}) at {o['oracle_correct_flops_speedup']:.2f}x"
+            + (
+                f"; the rule reaches {o['oracle_room_ratio']:.2f} of the consistent oracle's speed-up "
+                "within 1 point of full depth"
+                if np.isfinite(o.get("oracle_room_ratio", float("nan")))
+                else ""
+            ),
+            highlight=False,
+        )
     if scores.layer_tokens is not None:
         full = scores.token_metrics()["mean_tokens_input"]
         kept = " ".join(f"{t:.1f}" for t in scores.layer_tokens)
