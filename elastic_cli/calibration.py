@@ -29,7 +29,7 @@ from elastic_cli.signals import ExitSignals
 # T is searched in [1/100, 100]: far outside what a trained classifier needs, and it keeps the fit finite
 # when the NLL keeps falling (perfectly separated calibration data)
 _LOG_T_BOUND = float(np.log(100.0))
-TARGETS = ("accuracy_within", "speedup", "super_fraction")
+TARGETS = ("accuracy_within", "speedup", "super_fraction", "consistency")
 _MAX_DECISIONS = 1 << 24  # booleans held at once when all thresholds are decided together
 
 
@@ -147,8 +147,11 @@ def threshold_curve(
         target = labels_t.double().numpy()
         score = torch.tensor([np.nan_to_num(pearson(t, target), nan=0.0) for t in taken])
     else:
-        correct = logits.argmax(dim=-1) == labels_t.unsqueeze(1)  # [N, E]; temperatures never change argmax
+        predictions = logits.argmax(dim=-1)  # [N, E]; temperatures never change argmax
+        correct = predictions == labels_t.unsqueeze(1)
         score = correct[rows, idx].double().mean(dim=1)
+        # examples whose taken prediction differs from the final exit's (target=consistency certifies it)
+        inconsistent = (predictions[rows, idx] != predictions[:, -1:].T).sum(dim=1)
     mean_layer = layers[idx].double().mean(dim=1)
     t_count = idx.shape[0]
     offsets = (idx + e * torch.arange(t_count).unsqueeze(1)).flatten()
@@ -171,7 +174,51 @@ def threshold_curve(
     curve["super_fraction"] = exit_frac[:, -1].numpy()
     if c > 1:
         curve.insert(1, "accuracy", curve["score"])
+        curve["consistency"] = 1.0 - inconsistent.numpy() / n
+        curve["n_inconsistent"] = inconsistent.numpy()
     return curve
+
+
+def inconsistency_bound(k: np.ndarray, n: int, delta: float) -> np.ndarray:
+    """The one-sided Clopper-Pearson upper bound, at confidence 1 - delta, on the rate of inconsistent
+    examples when k of n were: the largest rate p with P(Binomial(n, p) <= k) >= delta."""
+    from scipy.stats import beta
+
+    k = np.asarray(k, dtype=np.float64)
+    bound = beta.ppf(1.0 - delta, k + 1.0, np.maximum(n - k, 1e-12))
+    return np.where(k >= n, 1.0, bound)
+
+
+def certify_consistency(
+    curve: pd.DataFrame,
+    n: int,
+    epsilon: float,
+    delta: float,
+    larger_is_slower: bool,
+    speed_column: str = "layer_speedup",
+) -> pd.Series:
+    """The fastest threshold certified consistent: with probability >= 1 - delta over the calibration
+    sample, its early predictions differ from the final exit's on at most `epsilon` of the distribution.
+
+    Fixed-sequence testing (as in Learn-then-Test): thresholds are tested from the slowest to the fastest,
+    an order fixed before the data is seen, each by its Clopper-Pearson bound at level delta, and testing
+    stops at the first that fails. The chance that any certified threshold is in truth worse than epsilon
+    is then at most delta with no correction for the number of thresholds, although the rate is not
+    monotone in the threshold. None certified: the slowest, target_met false."""
+    ordered = curve.sort_values("threshold", ascending=not larger_is_slower, kind="mergesort")
+    ordered = ordered.assign(inconsistency_bound=inconsistency_bound(ordered["n_inconsistent"], n, delta))
+    passed = (ordered["inconsistency_bound"] <= epsilon).to_numpy()
+    prefix = int(np.argmin(passed)) if not passed.all() else len(passed)  # tests until the first failure
+    if prefix == 0:
+        chosen = ordered.iloc[0].copy()
+        chosen["target_met"] = False
+        return chosen
+    certified = ordered.iloc[:prefix]
+    # the fastest certified threshold; ties in speed to the slower threshold
+    best = certified.index[int(np.argmax(certified[speed_column].to_numpy()))]
+    chosen = certified.loc[best].copy()
+    chosen["target_met"] = True
+    return chosen
 
 
 def choose_threshold(
@@ -185,6 +232,9 @@ def choose_threshold(
     larger_is_slower: bool = True,
     speed_column: str = "layer_speedup",
     score_column: str = "accuracy",
+    epsilon: float = 0.05,
+    delta: float = 0.1,
+    n_examples: int = 0,
 ) -> pd.Series:
     """The row of `curve` that meets the target, with a boolean field `target_met`.
 
@@ -193,6 +243,8 @@ def choose_threshold(
     speedup: the most accurate row whose speed-up >= `speedup`, ties to the faster. If none: the fastest.
     super_fraction: the most accurate row sending at most `super_fraction` of the examples to the last exit
         (column `super_fraction`), ties to the faster. If none: the fastest.
+    consistency: the fastest row certified (certify_consistency) to keep the final exit's prediction on
+        >= 1 - epsilon of the distribution with probability >= 1 - delta, from `n_examples`.
     Rows equal in speed and accuracy are a plateau of thresholds; the pick is its edge on the safe side
     for the target (the slower edge for accuracy_within, the faster for speedup), using larger_is_slower.
     """
@@ -200,6 +252,13 @@ def choose_threshold(
         raise UserError(f"calibrate.target={target!r} is not one of {', '.join(TARGETS)}")
     if curve.empty:
         raise ValueError("the threshold curve has no rows to choose from")
+    if target == "consistency":
+        if "n_inconsistent" not in curve:
+            raise UserError(
+                "calibrate.target=consistency needs the class predictions of several exits (a multi-exit "
+                "classifier or a cascade): use calibrate.target=accuracy_within here"
+            )
+        return certify_consistency(curve, n_examples, epsilon, delta, larger_is_slower, speed_column)
     eps = 1e-12  # accuracies and speed-ups are ratios of counts; do not lose an exact hit to rounding
     larger_is_safer = larger_is_slower if target == "accuracy_within" else not larger_is_slower
     if target == "accuracy_within":

@@ -57,6 +57,9 @@ class CalibrationTarget(StrEnum):
     # the most accurate threshold sending at most `super_fraction` of the examples to the last exit (a
     # cascade's super model)
     super_fraction = "super_fraction"
+    # with probability >= 1 - delta, the early prediction equals the final exit's on >= 1 - epsilon of
+    # future examples (CAT's consistency, certified by a binomial bound on the calibration split)
+    consistency = "consistency"
 
 
 class Trainable(StrEnum):
@@ -222,6 +225,8 @@ class CalibrateConfig:
     tolerance: float = 0.01
     speedup: float = 2.0
     super_fraction: float = 0.25
+    epsilon: float = 0.05  # target=consistency: the share of examples whose early prediction may differ
+    delta: float = 0.1  # target=consistency: the chance that the guarantee fails (a calibration sample's)
     temperature: bool | None = None  # fit per-exit temperatures; null: the exit rule's default (maxprob only)
     grid_size: int = 101
 
@@ -306,6 +311,8 @@ RANGES: tuple[tuple[str, Bound, str], ...] = (
     ("calibrate.tolerance", NON_NEGATIVE, "the accuracy a threshold may lose"),
     ("calibrate.speedup", at_least(1), "the speed-up the threshold must reach"),
     ("calibrate.super_fraction", UNIT, "the fraction of examples the last exit may get"),
+    ("calibrate.epsilon", OPEN_UNIT, "the share of early predictions that may differ from the final exit's"),
+    ("calibrate.delta", OPEN_UNIT, "the chance that the consistency guarantee fails"),
     ("calibrate.grid_size", at_least(2), "thresholds tried"),
     ("evaluate.latency_samples", at_least(1), "examples timed at batch 1"),
     ("evaluate.latency_warmup", NON_NEGATIVE, "untimed warm-up examples"),

@@ -45,13 +45,18 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
         names = subject.exit_names
         # temperatures rescale class probabilities: nothing to fit for a regression's single output
         scale = rule.temperature_scaling if cfg.calibrate.temperature is None else cfg.calibrate.temperature
+        # a certified target tests thresholds fixed before the data is seen: temperatures fitted on this
+        # split, or a grid placed on it, would make the tested rule depend on the sample
+        certified = cfg.calibrate.target == "consistency"
+        if certified:
+            scale = False
         temperatures = (
             calibration.fit_temperatures(signals.logits, torch.as_tensor(cached.labels))
             if scale and info.num_labels > 1
             else torch.ones(len(names))
         )
         curve = subject.threshold_curve(
-            rule, cached, subject.costs(inputs), temperatures, cfg.calibrate.grid_size
+            rule, cached, subject.costs(inputs), temperatures, cfg.calibrate.grid_size, on_data=not certified
         )
         accs = exit_scores(signals, cached.labels)
         reference = float(accs[-1])
@@ -65,6 +70,9 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
             larger_is_slower=rule.larger_is_slower,
             speed_column=subject.speed_column,
             score_column="score",
+            epsilon=cfg.calibrate.epsilon,
+            delta=cfg.calibrate.delta,
+            n_examples=len(cached.labels),
         )
         result = checkpoint.CalibrationFile(
             rule=rule.name,
@@ -86,6 +94,16 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
             speed_column=subject.speed_column,
             n_examples=int(len(cached.labels)),
             weights=subject.fingerprint(),
+            extra=(
+                {
+                    "epsilon": cfg.calibrate.epsilon,
+                    "delta": cfg.calibrate.delta,
+                    "consistency": float(chosen["consistency"]),
+                    "inconsistency_bound": float(chosen["inconsistency_bound"]),
+                }
+                if certified
+                else {}
+            ),
         )
         result.save(folder)
 
@@ -136,6 +154,14 @@ def _print(result: checkpoint.CalibrationFile, names: list[str], accs) -> None:
         table.add_row(name, f"{a:.4f}", f"{t:.3f}")
     console.print(table)
     met = "" if result.target_met else "  (target NOT met: closest threshold kept)"
+    if "epsilon" in result.extra:
+        x = result.extra
+        console.print(
+            f"consistency: {100 * x['consistency']:.1f}% of calibration examples keep the final exit's "
+            f"prediction; certified (probability >= {1 - x['delta']:.2f}) that at most "
+            f"{100 * x['inconsistency_bound']:.1f}% (epsilon {100 * x['epsilon']:.1f}%) of future ones differ",
+            highlight=False,
+        )
     console.print(
         f"{result.rule} threshold {result.threshold:.4f}: {result.score_name} {result.score:.4f} "
         f"(final exit {result.reference_score:.4f}), layer speed-up {result.layer_speedup:.2f}x, "

@@ -78,12 +78,14 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
 
     with tracking.stage_run(cfg, raw, checkpoint=folder, record=subjects.record(folder, info)):
         subject = subjects.open_subject(folder, device)
-        threshold, temperatures, source = _operating_point(
-            cfg, checkpoint.CalibrationFile.load(folder), subject.exit_names
-        )
+        calib = checkpoint.CalibrationFile.load(folder)
+        threshold, temperatures, source = _operating_point(cfg, calib, subject.exit_names)
         tracking.rename_run(run_record.run_name("evaluate", info.method, info.backbone, rule.name, threshold))
         data = load_task_data(cfg.task, cfg.seed)
         scaled = temperatures is not None and bool((temperatures != 1.0).any())
+        if source == "calibration" and calib is not None and "epsilon" in calib.extra:
+            # what the certified threshold promised, beside the consistency evaluate measures
+            tracking.log_metrics({"consistency_target": 1.0 - float(calib.extra["epsilon"])})
         tracking.log_params(
             {
                 "exit.threshold_source": source,
@@ -276,6 +278,8 @@ def _score_split(
     bounds = None
     if not regression and len(names) > 1:  # one exit (a length-reducing model) has no exit to choose
         bounds = oracle.oracle_metrics(signals.logits.argmax(dim=-1).numpy(), cached.labels, costs)
+        # the share of examples whose prediction is the final exit's (calibrate.target=consistency's aim)
+        bounds["consistency"] = float((preds == signals.logits[:, -1].argmax(dim=-1).numpy()).mean())
         if curve is not None:
             bounds["oracle_room_ratio"] = oracle.room_ratio(
                 curve, float(per_exit[-1]), bounds["oracle_consistency_flops_speedup"]

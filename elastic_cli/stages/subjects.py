@@ -157,12 +157,14 @@ class Subject(ABC):
         costs: ExitCosts,
         temperatures: torch.Tensor | None,
         grid_size: int,
+        on_data: bool = True,
     ) -> pd.DataFrame:
-        """The rule's whole threshold curve on cached outputs, priced by `costs`, labelled by exit name."""
+        """The rule's whole threshold curve on cached outputs, priced by `costs`, labelled by exit name.
+        `on_data=False`: the rule's fixed grid, never placed on these outputs (a certified target must
+        fix its thresholds before it looks at the data)."""
         signals = cached.signals
-        grid = rule.grid(
-            self.num_labels, len(self.exit_names), grid_size, signals.float().scaled(temperatures)
-        ).tolist()
+        placed_on = signals.float().scaled(temperatures) if on_data else None
+        grid = rule.grid(self.num_labels, len(self.exit_names), grid_size, placed_on).tolist()
         return calibration.threshold_curve(
             rule,
             signals,
@@ -353,6 +355,7 @@ class LengthReducingSubject(MultiExitSubject):
         costs: ExitCosts,
         temperatures: torch.Tensor | None,
         grid_size: int,
+        on_data: bool = True,
     ) -> pd.DataFrame:
         """One real pass per multiplier of the rule's grid."""
         rows = []
