@@ -208,16 +208,15 @@ def certify_consistency(
     ordered = curve.sort_values("threshold", ascending=not larger_is_slower, kind="mergesort")
     ordered = ordered.assign(inconsistency_bound=inconsistency_bound(ordered["n_inconsistent"], n, delta))
     passed = (ordered["inconsistency_bound"] <= epsilon).to_numpy()
-    prefix = int(np.argmin(passed)) if not passed.all() else len(passed)  # tests until the first failure
-    if prefix == 0:
-        chosen = ordered.iloc[0].copy()
-        chosen["target_met"] = False
-        return chosen
-    certified = ordered.iloc[:prefix]
-    # the fastest certified threshold; ties in speed to the slower threshold
-    best = certified.index[int(np.argmax(certified[speed_column].to_numpy()))]
-    chosen = certified.loc[best].copy()
-    chosen["target_met"] = True
+    certified = ordered.iloc[: int(np.cumprod(passed).sum())]  # those passed before the first failure
+    # the fastest certified threshold, ties in speed to the slower one; none: the slowest
+    pick = (
+        certified.iloc[int(np.argmax(certified[speed_column].to_numpy()))]
+        if len(certified)
+        else ordered.iloc[0]
+    )
+    chosen = pick.copy()
+    chosen["target_met"] = len(certified) > 0
     return chosen
 
 

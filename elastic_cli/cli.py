@@ -48,18 +48,19 @@ def _run_stage(stage: str, cfg: DictConfig) -> float | None:
     from elastic_cli.progress import console
 
     console.record = True  # what the stage prints goes into the job's log file too (_save_transcript)
+    last_line = ""  # how the stage stopped, when not by returning
     try:
         root = to_root(cfg)
         module = importlib.import_module(f"elastic_cli.stages.{stage}")
         return module.run(root, cfg)
     except _user_errors() as err:
-        _save_transcript(f"error: {err}")
+        last_line = f"error: {err}"
         fail(err)
     except BaseException as err:
-        _save_transcript(f"stopped: {type(err).__name__}: {err}".rstrip(": "))
+        last_line = f"stopped: {type(err).__name__}: {err}".rstrip(": ")
         raise
     finally:
-        _save_transcript()
+        _save_transcript(last_line)
 
 
 def _save_transcript(last_line: str = "") -> None:

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from mlflow import MlflowClient
 
+    from elastic_cli.run_record import CheckpointRecord
+
 log = logging.getLogger(__name__)
 
 SWEEP_KEYS_TAG = "elastic.sweep_keys"
@@ -233,7 +235,7 @@ def parent_params(config: DictConfig, keys: list[str]) -> dict[str, str]:
     return {k: v for k, v in params.items() if not any(k == s or k.startswith(f"{s}.") for s in swept)}
 
 
-def _checkpoint_record(config: DictConfig) -> Any:
+def _checkpoint_record(config: DictConfig) -> CheckpointRecord | None:
     """The record of the checkpoint the children read, or None when it cannot be read (the children say
     why, each with one line)."""
     from elastic_cli import checkpoint
@@ -366,21 +368,17 @@ def _static_point(points: pd.DataFrame, metric: str) -> tuple[float, float] | No
     exits = [c for c in points.columns if c.startswith("exit_accuracy_") or c.startswith("exit_pearson_")]
     if metric not in ("accuracy", "pearson") or not exits:
         return None
-    # the exits in their order: L1..L12 sort by number; a cascade's names (swift, super) keep theirs
-    last = max(exits, key=lambda c: (c.rsplit("_", 1)[-1].lstrip("L").isdigit(), _exit_number(c)))
+    last = max(exits, key=_exit_number)
     value = points[last].dropna()
     return (1.0, float(value.iloc[0])) if len(value) else None
 
 
 def _exit_number(column: str) -> float:
+    """Where a per-exit column's exit stands: L<k> at k, a cascade's super model last, swift first."""
     name = column.rsplit("_", 1)[-1]
-    return (
-        float(name[1:])
-        if name[:1] == "L" and name[1:].isdigit()
-        else float("inf")
-        if name == "super"
-        else 0.0
-    )
+    if name[:1] == "L" and name[1:].isdigit():
+        return float(name[1:])
+    return float("inf") if name == "super" else 0.0
 
 
 # the sweep's table in the terminal: these metrics when the children have them, then the exit fractions

@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
@@ -579,12 +579,8 @@ def _link_train_run(
     train_experiment = None
     if exists:
         train_experiment = with_retry(client.get_run, train_run_id).info.experiment_id
-    tags = {
-        run_record.NOTE_TAG: run_record.train_run_note(
-            run_record.CheckpointRecord(record.path, record.weights, train_run_id, record.config),
-            train_experiment,
-        )
-    }
+    note = run_record.train_run_note(replace(record, train_run_id=train_run_id), train_experiment)
+    tags = {run_record.NOTE_TAG: note}
     if train_run_id:
         tags[run_record.TRAIN_RUN_TAG] = train_run_id
     for key, value in tags.items():

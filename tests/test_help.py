@@ -36,24 +36,25 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def group_line(text: str, group: str) -> str:
-    """The group's line in the help, with its wrapped continuation lines."""
+def entry(text: str, head: str) -> str:
+    """The help's line that starts with `head` (after the indent), with its wrapped continuation lines,
+    its runs of spaces made one."""
     lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"  {group} "))
-    end = start + 1
-    while end < len(lines) and lines[end].startswith("   "):
-        end += 1
-    return " ".join(line.strip() for line in lines[start:end])
-
-
-def option_line(text: str, key: str) -> str:
-    """The option's line: `key=value  description`, with the description's wrapped lines."""
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"  {key}="))
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"  {head}"))
     end = start + 1
     while end < len(lines) and lines[end].startswith("   "):
         end += 1
     return " ".join(" ".join(lines[start:end]).split())
+
+
+def group_line(text: str, group: str) -> str:
+    """The group's line in the help: `group  option, option*, ...`."""
+    return entry(text, f"{group} ")
+
+
+def option_line(text: str, key: str) -> str:
+    """The option's line: `key=value description`."""
+    return entry(text, f"{key}=")
 
 
 def test_stage_help_lists_the_user_groups_with_their_options(capsys):

@@ -168,9 +168,20 @@ class _Records(logging.Handler):
 def transformers_log():
     handler = _Records()
     logger = logging.getLogger("transformers")
+    # transformers' loggers as a fresh process has them: a Hydra app run in-process earlier in the session
+    # (tests/test_tracking.py) configures logging with disable_existing_loggers, which silences them
+    disabled = {
+        name: existing.disabled
+        for name, existing in logging.root.manager.loggerDict.items()
+        if name.startswith("transformers") and isinstance(existing, logging.Logger)
+    }
+    for name in disabled:
+        logging.getLogger(name).disabled = False
     logger.addHandler(handler)
     yield handler.records
     logger.removeHandler(handler)
+    for name, was in disabled.items():
+        logging.getLogger(name).disabled = was
 
 
 def _reports(records: list[logging.LogRecord]) -> list[logging.LogRecord]:

@@ -66,7 +66,7 @@ def describe(folder: Path) -> SubjectInfo:
         len(m.exit_layers),
         m.method,
         m.backbone,
-        checkpoint.weights_fingerprint(folder),
+        m.weights or checkpoint.weights_fingerprint(folder),  # (meta.json is read already)
         m.train_run_id,
     )
 
