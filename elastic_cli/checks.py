@@ -11,7 +11,7 @@ import math
 
 from omegaconf import DictConfig, OmegaConf
 
-from elastic_cli.config import RootConfig, TrainStageConfig, validate
+from elastic_cli.config import ReportRootConfig, RootConfig, TrainStageConfig, validate, validate_report
 from elastic_cli.errors import UserError
 from elastic_cli.exits import RULES, ExitRule, build_rule
 from elastic_cli.methods import METHODS
@@ -20,8 +20,19 @@ from elastic_cli.models.adapters import FAMILIES
 from elastic_cli.models.heads import HEADS
 
 
+def to_stage_config(cfg: DictConfig) -> RootConfig | ReportRootConfig:
+    """The typed object a stage works with, checked: `elastic report` has its own schema (it reads runs,
+    no model); the other stages share RootConfig."""
+    if cfg.get("stage") == "report":
+        report = OmegaConf.to_object(cfg)
+        assert isinstance(report, ReportRootConfig)
+        validate_report(report)
+        return report
+    return to_root(cfg)
+
+
 def to_root(cfg: DictConfig) -> RootConfig:
-    """The typed object the stages work with, checked."""
+    """The typed object the train, calibrate and evaluate stages work with, checked."""
     root = OmegaConf.to_object(cfg)
     assert isinstance(root, RootConfig)
     check(root)

@@ -27,6 +27,7 @@ STAGES = {
     "train": "fine-tune a method's model and write a checkpoint",
     "calibrate": "fit per-exit temperatures and choose the exit threshold on the calibration split",
     "evaluate": "accuracy, exit histogram, FLOPs and latency on the evaluation split(s)",
+    "report": "compare the evaluated methods of a task: table, accuracy/speed-up figure, oracle bounds",
 }
 
 
@@ -44,13 +45,13 @@ CONFIG_PATH = _config_path()
 
 def _run_stage(stage: str, cfg: DictConfig) -> float | None:
     # Inside the job, exit here: Hydra would otherwise add its own "Error executing job" line.
-    from elastic_cli.checks import to_root
+    from elastic_cli.checks import to_stage_config
     from elastic_cli.progress import console
 
     console.record = True  # what the stage prints goes into the job's log file too (_save_transcript)
     last_line = ""  # how the stage stopped, when not by returning
     try:
-        root = to_root(cfg)
+        root = to_stage_config(cfg)
         module = importlib.import_module(f"elastic_cli.stages.{stage}")
         return module.run(root, cfg)
     except _user_errors() as err:
@@ -99,9 +100,14 @@ def evaluate_main(cfg: DictConfig) -> float | None:
     return _run_stage("evaluate", cfg)
 
 
-MAINS = {"train": train_main, "calibrate": calibrate_main, "evaluate": evaluate_main}
+@hydra.main(config_path=CONFIG_PATH, config_name="report", version_base="1.3")
+def report_main(cfg: DictConfig) -> float | None:
+    return _run_stage("report", cfg)
 
-USAGE = "usage: elastic {train,calibrate,evaluate} [key=value ...] [--help] [--hydra-help] [--cfg job] [-m]"
+
+MAINS = {"train": train_main, "calibrate": calibrate_main, "evaluate": evaluate_main, "report": report_main}
+
+USAGE = "usage: elastic {train,calibrate,evaluate,report} [key=value ...] [--help] [--hydra-help] [--cfg job] [-m]"
 
 
 def _help() -> str:
@@ -114,6 +120,7 @@ def _help() -> str:
         "  elastic train method=early_exit backbone=minilm-l6 task=sst2 task.data_dir=path/to/sst2",
         "  elastic evaluate method=early_exit backbone=minilm-l6 task=sst2 task.data_dir=... sweep=thresholds",
         "  elastic train --help        (the stage's config groups and options)",
+        "  elastic report task=sst2 report.backbone=minilm-l6  (the methods evaluated on sst2, compared)",
         "  elastic evaluate --cfg job  (print the composed config)",
     ]
     return "\n".join(lines)

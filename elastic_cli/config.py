@@ -62,6 +62,12 @@ class CalibrationTarget(StrEnum):
     consistency = "consistency"
 
 
+class ReportAxis(StrEnum):
+    flops = "flops"  # the FLOPs speed-up of the cost model, at every threshold of the logged curve
+    layers = "layers"  # the layer speed-up (layers run per example), at every threshold of the curve
+    latency = "latency"  # the measured batch-1 p50 latency speed-up: one point per evaluated threshold
+
+
 class Trainable(StrEnum):
     all = "all"
     intermediate_heads = "intermediate_heads"  # backbone and final head frozen
@@ -268,11 +274,38 @@ class RootConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
+@dataclass
+class ReportConfig:
+    """`elastic report`: which evaluate runs of the task's experiment it compares, and how."""
+
+    backbone: str | None = None  # only runs on this backbone (a backbone config name); null: every backbone
+    methods: list[str] = field(default_factory=list)  # only these methods, e.g. [sweet,pabee]; []: every one
+    runs: list[str] = field(default_factory=list)  # exactly these evaluate run ids; []: the latest of each
+    parent: str | None = None  # only the evaluate runs under this sweep parent run (its id)
+    # the method whose Pareto front the ELUE-style score is measured against (ELUE's: ElasticBERT); null: none
+    reference: str | None = "elasticbert"
+    x: ReportAxis = ReportAxis.flops  # the speed-up on the figure's x axis and in the table
+    split: str | None = None  # the evaluation split; null: the task's first (task.eval_splits[0])
+    speedups: list[float] = field(default_factory=lambda: [1.5, 2.0, 3.0, 4.0])  # the table's fixed speed-ups
+
+
+@dataclass
+class ReportRootConfig:
+    """The config of `elastic report` (conf/report.yaml): it reads runs, so it needs no model or device."""
+
+    stage: str = "report"
+    outputs: str = "outputs"  # the report's folder and the default MLflow store go under it
+    task: TaskConfig = field(default_factory=TaskConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+
 def register_configs() -> None:
     """The root schema and the bases of the groups; plug-ins store their own schemas as they register
     (elastic_cli/registry.py), and elastic_cli/plugins.py imports them all."""
     cs = ConfigStore.instance()
     cs.store(name="schema_root", node=RootConfig)
+    cs.store(name="schema_report", node=ReportRootConfig)
     cs.store(group="schema/method", name="base", node=MethodConfig, package="method")
     cs.store(group="schema/exit", name="base", node=ExitRuleConfig)
     cs.store(group="schema/backbone", name="base", node=BackboneConfig, package="backbone")
@@ -380,6 +413,12 @@ def validate(cfg: RootConfig) -> None:
                 f"{where}.tiny.hidden_size={tiny.hidden_size} must be a multiple of "
                 f"{where}.tiny.num_heads={tiny.num_heads}"
             )
+
+
+def validate_report(cfg: ReportRootConfig) -> None:
+    """`elastic report`'s settings: the fixed speed-ups are speed-ups (>= 1)."""
+    for value in cfg.report.speedups:
+        check_range("report.speedups", value, at_least(1), "the speed-ups the table reads scores at")
 
 
 def check_exit_layers(spec: Any) -> None:

@@ -84,7 +84,8 @@ def stage_help(stage: str, what: str, config_path: str, overrides: list[str]) ->
             plugins.register_configs()
             cfg = compose(config_name=stage, overrides=overrides, return_hydra_config=True)
         choices = dict(cfg.hydra.runtime.choices)
-        groups = _groups(stage, searchpath)
+        # the groups this stage composes (`elastic report` has task alone)
+        groups = {g: options for g, options in _groups(stage, searchpath).items() if g in choices}
     width = max(60, min(shutil.get_terminal_size((100, 24)).columns, 120))
     lines = [
         f"usage: elastic {stage} [key=value ...] [--help] [--hydra-help] [--cfg job] [-m]",

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from elastic_cli import run_record
 from elastic_cli.errors import UserError
 
 if TYPE_CHECKING:
@@ -223,7 +224,7 @@ CHECKPOINT_KEYS = ("method", "method.name", "backbone", "backbone.name", "task",
 def parent_params(config: DictConfig, keys: list[str]) -> dict[str, str]:
     """The params the children share, as strings: their run_params without the swept keys. For a calibrate
     or evaluate sweep over one checkpoint, that is the checkpoint's training config too."""
-    from elastic_cli import run_record, tracking
+    from elastic_cli import tracking
 
     plain = tracking.plain_config(config)
     record = None
@@ -368,17 +369,9 @@ def _static_point(points: pd.DataFrame, metric: str) -> tuple[float, float] | No
     exits = [c for c in points.columns if c.startswith("exit_accuracy_") or c.startswith("exit_pearson_")]
     if metric not in ("accuracy", "pearson") or not exits:
         return None
-    last = max(exits, key=_exit_number)
+    last = max(exits, key=run_record.exit_position)
     value = points[last].dropna()
     return (1.0, float(value.iloc[0])) if len(value) else None
-
-
-def _exit_number(column: str) -> float:
-    """Where a per-exit column's exit stands: L<k> at k, a cascade's super model last, swift first."""
-    name = column.rsplit("_", 1)[-1]
-    if name[:1] == "L" and name[1:].isdigit():
-        return float(name[1:])
-    return float("inf") if name == "super" else 0.0
 
 
 # the sweep's table in the terminal: these metrics when the children have them, then the exit fractions
@@ -407,7 +400,7 @@ def print_summary(
 
     if len(finished):
         fractions = [c for c in finished.columns if c.startswith("exit_fraction_")]
-        fractions.sort(key=_exit_number)
+        fractions.sort(key=run_record.exit_position)
         table = Table(title=Text(f"sweep: {len(finished)} finished runs"))
         labels = sweep.label_cols or ["run_name"]
         for col in labels:

@@ -13,6 +13,11 @@ from elastic_cli.errors import UserError
 _HEADLINE = {"accuracy": "accuracy", "f1": "f1", "matthews": "matthews", "pearson_spearman": "pearson"}
 
 
+def score_name(num_labels: int) -> str:
+    """What a single exit is scored by: accuracy, or Pearson's r for regression."""
+    return "pearson" if num_labels == 1 else "accuracy"
+
+
 def main_metric(metric: str) -> str:
     """The key of the task's headline value in `compute_metrics`' result."""
     if metric not in _HEADLINE:

@@ -167,3 +167,12 @@ def experiment_description(name: str) -> str:
         "metric), flops_speedup and latency_speedup_p50; a sweep is a parent run with its children. "
         "Search attributes.status = 'FINISHED' to leave failed attempts out."
     )
+
+
+def exit_position(column: str) -> float:
+    """Where a per-exit metric's exit (`exit_accuracy_L4`, `exit_fraction_super`) stands: L<k> at k, a
+    cascade's super model last, swift first."""
+    name = column.rsplit("_", 1)[-1]
+    if name[:1] == "L" and name[1:].isdigit():
+        return float(name[1:])
+    return float("inf") if name == "super" else 0.0

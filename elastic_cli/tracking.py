@@ -34,6 +34,7 @@ from urllib.parse import urlparse
 from omegaconf import DictConfig, OmegaConf
 
 from elastic_cli import run_record
+from elastic_cli.config import ReportRootConfig
 from elastic_cli.errors import UserError
 from elastic_cli.files import pid_alive
 from elastic_cli.progress import console
@@ -61,7 +62,7 @@ _T = TypeVar("_T")
 # --- where runs go -------------------------------------------------------------------------------------
 
 
-def resolve_uri(cfg: RootConfig | DictConfig) -> str:
+def resolve_uri(cfg: RootConfig | ReportRootConfig | DictConfig) -> str:
     """`tracking.uri`, else $MLFLOW_TRACKING_URI, else sqlite:///<absolute outputs>/mlflow.db.
 
     Accepts the typed config or the raw DictConfig (the sweep callback only has the latter).
@@ -79,7 +80,7 @@ def make_outputs_folder(outputs: str | Path) -> Path:
     return _make_folder(Path(outputs).resolve(), "outputs")
 
 
-def artifact_location(cfg: RootConfig | DictConfig, uri: str) -> str | None:
+def artifact_location(cfg: RootConfig | ReportRootConfig | DictConfig, uri: str) -> str | None:
     """Where a new experiment keeps its artifacts: <abs outputs>/mlartifacts for a local store.
 
     A tracking server decides for itself (it may proxy artifacts to object storage): None.
@@ -89,7 +90,7 @@ def artifact_location(cfg: RootConfig | DictConfig, uri: str) -> str | None:
     return (Path(cfg.outputs).resolve() / "mlartifacts").as_uri()
 
 
-def experiment_name(cfg: RootConfig | DictConfig) -> str:
+def experiment_name(cfg: RootConfig | ReportRootConfig | DictConfig) -> str:
     return str(cfg.tracking.experiment or cfg.task.name)
 
 
@@ -213,7 +214,7 @@ def quiet_mlflow_store_logs() -> None:
 # --- opening the store: created once under a file lock, then calls retried while it is locked ----------
 
 
-def open_experiment(cfg: RootConfig | DictConfig) -> tuple[str, MlflowClient, str]:
+def open_experiment(cfg: RootConfig | ReportRootConfig | DictConfig) -> tuple[str, MlflowClient, str]:
     """The tracking uri, a client, and the id of the task's experiment (created or restored if needed).
 
     The store is checked first (one-line errors). A local SQLite store is created or migrated under a
@@ -406,14 +407,16 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
     return commit if done.returncode == 0 and commit else None
 
 
-def stage_tags(cfg: RootConfig) -> dict[str, str]:
-    tags = {
-        "elastic.stage": cfg.stage,
-        "elastic.method": cfg.method.name,
-        "elastic.backbone": cfg.backbone.name,
-        "elastic.task": cfg.task.name,
-        "elastic.seed": str(cfg.seed),
-    }
+def stage_tags(cfg: RootConfig | ReportRootConfig) -> dict[str, str]:
+    tags = {"elastic.stage": cfg.stage, "elastic.task": cfg.task.name}
+    if not isinstance(cfg, ReportRootConfig):  # a report is of many models
+        tags.update(
+            {
+                "elastic.method": cfg.method.name,
+                "elastic.backbone": cfg.backbone.name,
+                "elastic.seed": str(cfg.seed),
+            }
+        )
     commit = git_commit()
     if commit:
         tags["elastic.git_commit"] = commit
@@ -482,7 +485,7 @@ def end_status(err: BaseException) -> str:
 
 @contextmanager
 def stage_run(
-    cfg: RootConfig,
+    cfg: RootConfig | ReportRootConfig,
     raw: DictConfig,
     run_name: str | None = None,
     *,
@@ -723,7 +726,9 @@ def _run_exists(client: MlflowClient, run_id: str) -> bool:
         return False
 
 
-def _default_run_name(cfg: RootConfig) -> str:
+def _default_run_name(cfg: RootConfig | ReportRootConfig) -> str:
+    if isinstance(cfg, ReportRootConfig):
+        return f"{cfg.stage} {cfg.task.name}"
     return run_record.run_name(
         cfg.stage, cfg.method.name, cfg.backbone.name, cfg.method.exit.name, cfg.method.exit.threshold
     )
@@ -839,6 +844,13 @@ def log_dict(obj: Mapping, artifact_file: str) -> None:
         return
     text = json.dumps(obj, indent=2, default=_jsonable, allow_nan=True)
     with_retry(_active.client.log_text, _active.run_id, text, artifact_file)
+
+
+def log_file(path: Path, artifact_path: str | None = None) -> None:
+    """A file written elsewhere, as an artifact (under `artifact_path` when given)."""
+    if _active is None:
+        return
+    with_retry(_active.client.log_artifact, _active.run_id, str(path), artifact_path)
 
 
 def log_figure(fig: Any, artifact_file: str) -> None:

@@ -128,7 +128,7 @@ def test_a_bad_override_with_help_is_one_line_and_exit_2(capsys):
 def test_no_arguments_prints_the_usage_to_stderr_and_exits_2(capsys):
     code, out, err = run(capsys)
     assert code == 2 and not out
-    assert err.startswith("usage: elastic {train,calibrate,evaluate}")
+    assert err.startswith("usage: elastic {train,calibrate,evaluate,report}")
     code, usage, _ = run(capsys, "--help")
     assert code == 0 and usage == err
 

@@ -45,5 +45,11 @@ def test_elue_score_is_zero_on_the_reference_and_positive_above_it():
     assert elue_score(front_only, reference) == (pytest.approx(0.0), 4)
     above = front_only.assign(score=front_only["score"] + 0.02)
     assert elue_score(above, reference)[0] == pytest.approx(0.02)
-    # points faster than the reference ever runs have no reference value: left out
+    # points faster than the reference ever runs have no reference value: left out; below its slowest
+    # point the reference scores what that point does (it is fast enough)
     assert elue_score(pd.DataFrame({"flops_speedup": [4.0], "score": [0.5]}), reference)[1] == 0
+    one_point = pd.DataFrame({"flops_speedup": [3.0], "score": [0.9]})
+    assert elue_score(pd.DataFrame({"flops_speedup": [1.2, 3.5], "score": [0.95, 0.99]}), one_point) == (
+        pytest.approx(0.05),
+        1,
+    )

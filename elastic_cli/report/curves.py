@@ -16,8 +16,9 @@ from elastic_cli.plots import pareto_mask
 
 
 def pareto_front(curve: pd.DataFrame, x: str = "flops_speedup", y: str = "score") -> pd.DataFrame:
-    """The rows no other row beats on both speed and score, by increasing speed-up (one row per speed)."""
-    data = curve[[x, y]].astype(float).dropna()
+    """The rows no other row beats on both speed and score, by increasing speed-up (one row per speed),
+    with all their columns."""
+    data = curve.dropna(subset=[x, y]).astype({x: float, y: float})
     front = data[pareto_mask(data[x].tolist(), data[y].tolist())]
     return front.drop_duplicates(subset=[x]).sort_values(x).reset_index(drop=True)
 
@@ -57,14 +58,14 @@ def elue_score(
     points: pd.DataFrame, reference: pd.DataFrame, x: str = "flops_speedup", y: str = "score"
 ) -> tuple[float, int]:
     """The ELUE-style score: the mean over `points` of (their score - the reference front's at their
-    speed-up), the reference interpolated along its front. Points beyond the reference's speed range have
-    no reference value and are left out; returns (score, points used). Positive: above the reference."""
+    speed-up), the reference read as `score_at` reads a front (interpolated; its slowest point's score
+    below it). Points faster than the reference ever runs have no reference value and are left out;
+    returns (score, points used). Positive: above the reference."""
     ref = pareto_front(reference, x, y)
     if len(ref) == 0:
         return float("nan"), 0
-    lo, hi = float(ref[x].iloc[0]), float(ref[x].iloc[-1])
-    inside = points[(points[x] >= lo - 1e-12) & (points[x] <= hi + 1e-12)]
+    inside = points[points[x] <= float(ref[x].iloc[-1]) + 1e-12]
     if len(inside) == 0:
         return float("nan"), 0
-    reference_scores = np.interp(inside[x].to_numpy(float), ref[x].to_numpy(float), ref[y].to_numpy(float))
+    reference_scores = np.asarray(score_at(ref, inside[x].astype(float).tolist(), x, y))
     return float(np.mean(inside[y].to_numpy(float) - reference_scores)), len(inside)

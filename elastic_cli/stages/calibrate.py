@@ -12,11 +12,11 @@ from elastic_cli import calibration, checkpoint, exits, files, plots, run_record
 from elastic_cli.config import RootConfig
 from elastic_cli.data import load_task_data
 from elastic_cli.errors import UserError
+from elastic_cli.metrics import score_name
 from elastic_cli.stages import subjects
 from elastic_cli.stages.common import (
     console,
     exit_scores,
-    score_name,
     seed_everything,
     setup_device,
 )

@@ -155,11 +155,6 @@ def cost_dims(model: MultiExitModel) -> EncoderDims:
     return replace(dims, head=head, lte=model.lte is not None, predictor=model.predictor_width)
 
 
-def score_name(num_labels: int) -> str:
-    """What a single exit is scored by: accuracy, or Pearson's r for regression."""
-    return "pearson" if num_labels == 1 else "accuracy"
-
-
 def exit_scores(out: ExitSignals, labels: np.ndarray) -> np.ndarray:
     """Accuracy (Pearson's r for regression) of every exit on its own, [E]."""
     labels = np.asarray(labels)

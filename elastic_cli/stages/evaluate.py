@@ -20,14 +20,13 @@ from elastic_cli.config import RootConfig
 from elastic_cli.cost import ExitCosts
 from elastic_cli.data import load_task_data
 from elastic_cli.errors import UserError
-from elastic_cli.metrics import compute_metrics, main_metric
+from elastic_cli.metrics import compute_metrics, main_metric, score_name
 from elastic_cli.progress import progress
 from elastic_cli.stages import subjects
 from elastic_cli.stages.common import (
     CachedOutputs,
     console,
     exit_scores,
-    score_name,
     seed_everything,
     setup_device,
 )

@@ -21,8 +21,9 @@ from elastic_cli.config import RootConfig
 from elastic_cli.data import load_task_data
 from elastic_cli.errors import UserError
 from elastic_cli.methods import CascadeMethod, Method, build_method
+from elastic_cli.metrics import score_name
 from elastic_cli.stages import init_from, train_state
-from elastic_cli.stages.common import console, score_name, seed_everything, setup_device
+from elastic_cli.stages.common import console, seed_everything, setup_device
 from elastic_cli.stages.train_cascade import train_cascade
 from elastic_cli.stages.train_loop import FAULT_ENV as FAULT_ENV  # the resume tests' fault hook
 from elastic_cli.stages.train_loop import Saver

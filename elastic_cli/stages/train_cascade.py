@@ -19,9 +19,10 @@ from elastic_cli.config import BackboneConfig, RootConfig, TaskConfig
 from elastic_cli.data.splits import TaskData
 from elastic_cli.errors import UserError
 from elastic_cli.methods import CascadeMemberSpec, CascadeMethod
+from elastic_cli.metrics import score_name
 from elastic_cli.models.loading import build_backbone
 from elastic_cli.stages import train_state
-from elastic_cli.stages.common import console, score_name
+from elastic_cli.stages.common import console
 from elastic_cli.stages.train_loop import Saver
 from elastic_cli.stages.train_model import checkpoint_meta, fit, print_summary, say_resuming
 

@@ -26,6 +26,7 @@ from elastic_cli.data import Encoded, batches
 from elastic_cli.errors import UserError
 from elastic_cli.methods import Method
 from elastic_cli.methods.objectives import Objective
+from elastic_cli.metrics import score_name
 from elastic_cli.models.multi_exit import MultiExitModel
 from elastic_cli.stages import train_state
 from elastic_cli.stages.common import (
@@ -34,7 +35,6 @@ from elastic_cli.stages.common import (
     cost_dims,
     exit_scores,
     progress,
-    score_name,
 )
 
 

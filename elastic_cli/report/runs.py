@@ -1,0 +1,267 @@
+"""Which evaluate runs a report compares, read back from the MLflow store: the rows of the report.
+
+A row is one method / backbone / exit-rule setting (the rule's settings besides its threshold: ELBERT's
+window, PABEE's patience counted differently...). Its run is the latest finished evaluate run of that
+setting, preferring one whose threshold came from calibration (the calibrated operating point); its curve
+is the threshold curve that run logged; its measured points are the latest evaluate run at each threshold
+of the same weights (a `sweep=thresholds` gives one per threshold: the curve of measured latency). The
+calibrate run that chose the threshold gives what calibration predicted for it.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from elastic_cli import run_record, tracking
+from elastic_cli.config import ReportConfig
+from elastic_cli.errors import UserError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+# exit.* params that are not the rule's settings: they vary within one setting's runs
+NOT_SETTINGS = ("threshold", "sweep", "threshold_source", "temperature_scaled")
+# the evaluated rule's params: exit.*, or method.exit.* in stores of elastic before issue 13
+EXIT_PARAM_PREFIXES = ("params.exit.", "params.method.exit.")
+
+
+@dataclass
+class Row:
+    """One method / backbone / rule setting of the report."""
+
+    label: str  # how the table and the figure name it: `sweet`, `elbert (window=4)`, `sweet / mpnet-base`
+    method: str
+    backbone: str
+    rule: str
+    run: pd.Series  # the chosen evaluate run (a row of mlflow.search_runs)
+    curve: pd.DataFrame | None  # its <split>/threshold_curve.csv; None when it logged none
+    measured: pd.DataFrame  # the latest evaluate run at each threshold of these weights: threshold, metrics
+    calibration: pd.Series | None  # the calibrate run that chose the run's threshold, when it came from one
+
+    @property
+    def run_id(self) -> str:
+        return str(self.run["run_id"])
+
+    def metric(self, name: str) -> float:
+        """The chosen run's metric `name` (NaN when it logged none)."""
+        return _number(self.run.get(f"metrics.{name}"))
+
+    @property
+    def threshold_source(self) -> str:
+        return str(_param(self.run, "threshold_source") or "config")
+
+    @property
+    def threshold(self) -> float:
+        return _number(_param(self.run, "threshold"))
+
+
+def search(client: MlflowClient, experiment_id: str, stage: str) -> pd.DataFrame:
+    """The finished runs of `stage` in the experiment, latest first (one row per run, MLflow's columns)."""
+    import mlflow
+
+    found = tracking.with_retry(
+        mlflow.search_runs,
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.`elastic.stage` = '{stage}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+    )
+    assert isinstance(found, pd.DataFrame)
+    return found
+
+
+def select(runs: pd.DataFrame, report: ReportConfig, experiment: str) -> pd.DataFrame:
+    """The evaluate runs `report`'s filters keep; a filter that keeps nothing is a one-line error naming
+    what the store holds."""
+    where = f"experiment {experiment!r}"
+    if runs.empty:
+        raise UserError(
+            f"{where} has no finished evaluate run: run `elastic evaluate` on the task first "
+            "(or point tracking.uri / tracking.experiment at the store that has them)"
+        )
+    if report.runs:
+        missing = [r for r in report.runs if r not in set(runs["run_id"])]
+        if missing:
+            raise UserError(
+                f"report.runs has {', '.join(missing)}, not a finished evaluate run of {where}: "
+                "copy run ids from the MLflow UI or the line evaluate prints at its end"
+            )
+        runs = runs[runs["run_id"].isin(report.runs)]
+    if report.parent:
+        parents = runs.get("tags.mlflow.parentRunId", pd.Series(index=runs.index, dtype=object))
+        runs = runs[parents == report.parent]
+        if runs.empty:
+            raise UserError(
+                f"report.parent={report.parent} has no finished evaluate run under it in {where}: "
+                "give the id of a sweep's parent run (the `sweep evaluate ...` run in the MLflow UI)"
+            )
+    runs = _keep(
+        runs, "tags.elastic.backbone", [report.backbone] if report.backbone else [], "report.backbone"
+    )
+    return _keep(runs, "tags.elastic.method", list(report.methods), "report.methods")
+
+
+def _keep(runs: pd.DataFrame, column: str, wanted: list[str], setting: str) -> pd.DataFrame:
+    if not wanted:
+        return runs
+    present = sorted(set(runs[column].dropna())) if column in runs else []
+    missing = [w for w in wanted if w not in present]
+    if missing:
+        raise UserError(
+            f"{setting} has {', '.join(missing)}, with no finished evaluate run here: "
+            f"choose among {', '.join(present) or 'none'}"
+        )
+    return runs[runs[column].isin(wanted)]
+
+
+def rows(
+    client: MlflowClient, runs: pd.DataFrame, calibrations: pd.DataFrame, split: str
+) -> tuple[list[Row], list[str]]:
+    """The report's rows from the selected evaluate runs (latest first), and a note for every run left
+    without what the report reads (no curve logged for `split`)."""
+    notes: list[str] = []
+    settings = _settings(runs)
+    keys = runs["tags.elastic.method"].astype(str) + "\t" + runs["tags.elastic.backbone"].astype(str)
+    keys = keys + "\t" + settings
+    many_backbones = runs["tags.elastic.backbone"].nunique() > 1
+    found: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="elastic-report-") as tmp:
+        for key in dict.fromkeys(keys):  # first appearance: the latest run of each setting first
+            group = runs[keys == key]
+            method, backbone, setting = key.split("\t")
+            chosen = _chosen(group)
+            curve = _curve(client, str(chosen["run_id"]), split, Path(tmp))
+            if curve is None:
+                notes.append(
+                    f"{method} on {backbone}: run {chosen['run_id']} logged no {split}/threshold_curve.csv "
+                    "(evaluate.grid=false, or another split): its curve is left out"
+                )
+            label = (
+                method + (f" / {backbone}" if many_backbones else "") + (f" ({setting})" if setting else "")
+            )
+            found.append(
+                Row(
+                    label=label,
+                    method=method,
+                    backbone=backbone,
+                    rule=str(_param(chosen, "name") or ""),
+                    run=chosen,
+                    curve=curve,
+                    measured=_measured(group, chosen),
+                    calibration=_calibration(calibrations, chosen),
+                )
+            )
+    return found, notes
+
+
+def _settings(runs: pd.DataFrame) -> pd.Series:
+    """Per run, its rule settings besides the threshold that differ between its method's runs (e.g.
+    `window=8`), as text; "" for a method evaluated one way only."""
+    columns = [
+        c
+        for c in runs.columns
+        if c.startswith(EXIT_PARAM_PREFIXES) and c.rsplit(".", 1)[1] not in NOT_SETTINGS
+    ]
+    labels = pd.Series("", index=runs.index)
+    for _, group in runs.groupby(["tags.elastic.method", "tags.elastic.backbone"]):
+        varying = [c for c in columns if group[c].nunique(dropna=True) > 1]
+        for i, run in group.iterrows():
+            labels[i] = ", ".join(f"{c.rsplit('.', 1)[1]}={run[c]}" for c in varying if pd.notna(run[c]))
+    return labels
+
+
+def _chosen(group: pd.DataFrame) -> pd.Series:
+    """The latest run whose threshold came from calibration, else the latest run."""
+    sources = group.apply(lambda run: _param(run, "threshold_source"), axis=1)
+    calibrated = group[sources == "calibration"]
+    return (calibrated if len(calibrated) else group).iloc[0]
+
+
+def _same_weights(group: pd.DataFrame, chosen: pd.Series) -> pd.DataFrame:
+    """The runs of `group` on the weights the chosen run evaluated (a retrained model is another curve)."""
+    for column in ("params.checkpoint.weights", "tags.elastic.checkpoint"):
+        value = chosen.get(column)
+        if column in group and isinstance(value, str) and value:
+            return group[group[column] == value]
+    return chosen.to_frame().T
+
+
+def _measured(group: pd.DataFrame, chosen: pd.Series) -> pd.DataFrame:
+    """One row per evaluated threshold of the chosen run's weights (the latest run at each): threshold,
+    run_id and the run's metrics without their `metrics.` prefix."""
+    same = _same_weights(group, chosen)
+    thresholds = same.apply(lambda run: _number(_param(run, "threshold")), axis=1)
+    same = same.assign(_threshold=thresholds.round(9)).drop_duplicates("_threshold")
+    # (evaluate also logs the threshold as a metric: the param, exact to 12 digits, is the one kept)
+    metrics = {
+        c: c.removeprefix("metrics.")
+        for c in same.columns
+        if c.startswith("metrics.") and c not in ("metrics.threshold", "metrics.run_id")
+    }
+    table = same[["run_id", "_threshold", *metrics]].rename(columns={"_threshold": "threshold", **metrics})
+    return table.sort_values("threshold").reset_index(drop=True)
+
+
+def _calibration(calibrations: pd.DataFrame, run: pd.Series) -> pd.Series | None:
+    """The latest calibrate run before `run`, on its weights and rule, that chose its threshold."""
+    if calibrations.empty or _param(run, "threshold_source") != "calibration":
+        return None
+    found = calibrations[calibrations["start_time"] <= run["start_time"]]
+    for column in ("params.checkpoint.weights", "tags.elastic.checkpoint"):
+        value = run.get(column)
+        if column in found and isinstance(value, str) and value:
+            found = found[found[column] == value]
+            break
+    names = found.apply(lambda r: _param(r, "name"), axis=1) if len(found) else pd.Series(dtype=object)
+    found = found[names == _param(run, "name")] if len(found) else found
+    threshold = _number(_param(run, "threshold"))
+    if "metrics.calibration/threshold" not in found or not math.isfinite(threshold):
+        return None
+    chose = (found["metrics.calibration/threshold"] - threshold).abs() <= 1e-9 * max(1.0, abs(threshold))
+    found = found[chose]
+    return found.iloc[0] if len(found) else None
+
+
+def _curve(client: MlflowClient, run_id: str, split: str, tmp: Path) -> pd.DataFrame | None:
+    """The run's logged threshold curve for `split`, or None when it has none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        local = tracking.with_retry(
+            client.download_artifacts, run_id, f"{split}/threshold_curve.csv", str(tmp / run_id)
+        )
+    except (MlflowException, OSError):
+        return None
+    return pd.read_csv(local)
+
+
+# where stores of older elastic logged an exit param: method.exit.<name>, and exit_threshold and
+# threshold_source at the top level before issue 13
+_OLD_NAMES = {"threshold": ("params.exit_threshold",), "threshold_source": ("params.threshold_source",)}
+
+
+def _param(run: pd.Series, name: str) -> Any:
+    """The run's exit.<name> param (as older stores named it, when they did), or None."""
+    for column in (*(f"{prefix}{name}" for prefix in EXIT_PARAM_PREFIXES), *_OLD_NAMES.get(name, ())):
+        value = run.get(column)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _number(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+    return number
+
+
+def describe(row: Row) -> str:
+    """`evaluate sweet mpnet-base maxprob t=0.90`, as the run is named in the UI."""
+    return run_record.run_name("evaluate", row.method, row.backbone, row.rule, row.threshold)
