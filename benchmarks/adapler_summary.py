@@ -15,8 +15,20 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-from compare_methods import markdown
 from mlflow.tracking import MlflowClient
+
+
+def markdown(df: pd.DataFrame, digits: int = 4) -> str:
+    """A markdown table (pandas' to_markdown needs the optional tabulate package); `-` for NaN."""
+
+    def cell(v: object) -> str:
+        if isinstance(v, float):
+            return "-" if v != v else f"{v:.{digits}f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
 
 
 def threshold(runs: pd.DataFrame) -> pd.Series:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every early-exit method through the CLI on one backbone, one training subset, one seed:
-#   train -> calibrate -> evaluate, then benchmarks/compare_methods.py prints the comparison.
+#   train -> calibrate -> evaluate, then `elastic report` compares them (OUTDIR/reports/<time>_sst2/).
 # Usage: ELASTIC_MODELS=... benchmarks/compare_methods.sh OUTDIR [method ...] [-- extra overrides]
 # Default: mpnet-base (12 layers), SST-2, 6,000 training examples (SWEET's low-resource setting).
 set -euo pipefail
@@ -18,3 +18,4 @@ for m in "${METHODS[@]}"; do
     echo "TIMING $m $stage $(( $(date +%s) - start )) s" | tee -a "$OUT/timings.txt"
   done
 done
+elastic report task=sst2 report.backbone=mpnet-base "outputs=$OUT"

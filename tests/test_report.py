@@ -16,7 +16,7 @@ import pytest
 from synthetic import write_synthetic_task
 from test_cli import TINY, elastic, ok
 
-from elastic_cli.config import ReportConfig
+from elastic_cli.config import ReportAxis, ReportConfig
 from elastic_cli.errors import UserError
 from elastic_cli.report import runs, table
 from elastic_cli.report.curves import pareto_front, score_at
@@ -124,6 +124,37 @@ def test_calibration_prediction_is_the_calibrate_run_that_chose_the_threshold():
     chose = runs._calibration(calibrations, evaluate)
     assert chose is not None and chose["run_id"] == "t"
     assert runs._calibration(calibrations, evaluate.replace({"calibration": "config"})) is None
+
+
+class _NoArtifacts:
+    """A client whose runs logged no artifact."""
+
+    def download_artifacts(self, run_id: str, path: str, dst_path: str) -> str:
+        from mlflow.exceptions import MlflowException
+
+        raise MlflowException(f"no {path} in run {run_id}")
+
+
+def test_a_run_without_a_curve_is_a_row_without_one_and_a_note():
+    found = run_table(
+        {
+            "run_id": "r1",
+            "tags.elastic.method": "sweet",
+            "start_time": 1,
+            "params.exit.threshold": "0.9",
+            "params.exit.threshold_source": "config",
+            "metrics.validation/accuracy": 0.8,
+            "metrics.validation/flops_speedup": 2.0,
+        }
+    )
+    rows, notes = runs.rows(_NoArtifacts(), found, found.iloc[:0], "validation")  # type: ignore[arg-type]
+    assert [r.label for r in rows] == ["sweet"] and rows[0].curve is None
+    assert notes == [
+        "sweet on tiny-bert: run r1 logged no validation/threshold_curve.csv (evaluate.grid=false, or "
+        "another split): its curve is left out"
+    ]
+    drawn = table.series(rows[0], table.AXES[ReportAxis.flops], "validation", "accuracy")
+    assert drawn.points.empty and drawn.operating == (2.0, 0.8, "evaluated t=0.90")
 
 
 def test_markdown_cells_say_n_a_and_round_by_kind():
