@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from elastic_cli import run_record, tracking
+from elastic_cli import tracking
 from elastic_cli.config import ReportConfig
 from elastic_cli.errors import UserError
 
@@ -261,7 +261,3 @@ def _number(value: Any) -> float:
         return float("nan")
     return number
 
-
-def describe(row: Row) -> str:
-    """`evaluate sweet mpnet-base maxprob t=0.90`, as the run is named in the UI."""
-    return run_record.run_name("evaluate", row.method, row.backbone, row.rule, row.threshold)
