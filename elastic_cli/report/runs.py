@@ -122,8 +122,8 @@ def _keep(runs: pd.DataFrame, column: str, wanted: list[str], setting: str) -> p
 def rows(
     client: MlflowClient, runs: pd.DataFrame, calibrations: pd.DataFrame, split: str
 ) -> tuple[list[Row], list[str]]:
-    """The report's rows from the selected evaluate runs (latest first), and a note for every run left
-    without what the report reads (no curve logged for `split`)."""
+    """The report's rows from the selected evaluate runs (latest first), by method, backbone and setting,
+    and a note for every run left without what the report reads (no curve logged for `split`)."""
     notes: list[str] = []
     settings = _settings(runs)
     keys = runs["tags.elastic.method"].astype(str) + "\t" + runs["tags.elastic.backbone"].astype(str)
@@ -131,8 +131,8 @@ def rows(
     many_backbones = runs["tags.elastic.backbone"].nunique() > 1
     found: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="elastic-report-") as tmp:
-        for key in dict.fromkeys(keys):  # first appearance: the latest run of each setting first
-            group = runs[keys == key]
+        for key in sorted(set(keys)):  # by method, backbone, setting: the same order in every report
+            group = runs[keys == key]  # latest first
             method, backbone, setting = key.split("\t")
             chosen = _chosen(group)
             curve = _curve(client, str(chosen["run_id"]), split, Path(tmp))
@@ -201,7 +201,7 @@ def _measured(group: pd.DataFrame, chosen: pd.Series) -> pd.DataFrame:
     metrics = {
         c: c.removeprefix("metrics.")
         for c in same.columns
-        if c.startswith("metrics.") and c not in ("metrics.threshold", "metrics.run_id")
+        if c.startswith("metrics.") and c != "metrics.threshold"
     }
     table = same[["run_id", "_threshold", *metrics]].rename(columns={"_threshold": "threshold", **metrics})
     return table.sort_values("threshold").reset_index(drop=True)
@@ -260,4 +260,3 @@ def _number(value: Any) -> float:
     except (TypeError, ValueError):
         return float("nan")
     return number
-
