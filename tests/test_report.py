@@ -64,6 +64,9 @@ def test_settings_that_differ_within_a_method_label_its_rows():
     )
     # the threshold differs too, but it is what a curve varies, not a setting
     assert runs._settings(found).tolist() == ["window=4", "window=8", ""]
+    seeds = found.assign(**{"params.data.seed": ["1", "1", "2"], "tags.elastic.method": "sweet"})
+    seeds["params.exit.window"] = None
+    assert runs._settings(seeds).tolist() == ["seed=1", "seed=1", "seed=2"]
 
 
 def test_filters_keep_the_named_runs_and_name_what_the_store_holds():
