@@ -274,7 +274,9 @@ def test_report_writes_its_files_with_the_logged_numbers(store: Path):
         assert row["threshold"] == pytest.approx(calibrate["metrics.calibration/threshold"])
     # the reference scores 0 against itself
     assert found.set_index("method").loc["early_exit", "vs early_exit"] == pytest.approx(0.0, abs=1e-12)
-    assert "| early_exit | tiny-bert | maxprob |" in (folder / "report.md").read_text()
+    md = (folder / "report.md").read_text()
+    assert "| early_exit | tiny-bert | maxprob |" in md
+    assert "made by `elastic report task=sst2 report.reference=early_exit`" in md  # to paste beside it
 
     traces = plotly_traces((folder / "report.html").read_text())
     fronts = [t for t in traces if t.get("meta") == "front"]

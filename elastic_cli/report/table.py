@@ -81,16 +81,14 @@ def points(row: Row, axis: Axis, split: str, score: str) -> pd.DataFrame:
 
 def _exit_shares(table: pd.DataFrame, columns: list[str], prefix: str) -> list[str]:
     """Per row, `L1 40% · L4 35% · L12 25%` (exits by depth), for the figure's hover."""
+    if not columns:
+        return [""] * len(table)
     columns = sorted(columns, key=run_record.exit_position)
     names = [c.removeprefix(prefix) for c in columns]
-    return (
-        [
-            " · ".join(f"{n} {100 * float(v):.0f}%" for n, v in zip(names, values) if pd.notna(v))
-            for values in table[columns].itertuples(index=False)
-        ]
-        if columns
-        else [""] * len(table)
-    )
+    return [
+        " · ".join(f"{n} {100 * float(v):.0f}%" for n, v in zip(names, values) if pd.notna(v))
+        for values in table[columns].itertuples(index=False)
+    ]
 
 
 def series(row: Row, axis: Axis, split: str, score: str) -> Series:
@@ -150,11 +148,11 @@ def build(
         record.update({f"{score} @{v:g}x": a for v, a in zip(speedups, at)})
         record[mean_column] = mean_score(s.front, low, high, X, Y) if high > low else float("nan")
         if reference is not None:
-            ref = references.get(row.backbone)
-            usable = ref is not None and len(ref.front) > 0 and len(s.front) > 0
-            record[f"vs {reference}"] = (
-                elue_score(s.front, ref.points, X, Y)[0] if ref and usable else math.nan
-            )
+            ref = references.get(row.backbone)  # the reference on the row's own backbone
+            vs = math.nan
+            if ref is not None and len(ref.front) > 0 and len(s.front) > 0:
+                vs = elue_score(s.front, ref.points, X, Y)[0]
+            record[f"vs {reference}"] = vs
         record["threshold"] = row.threshold
         record["source"] = row.threshold_source
         record[score] = row.metric(f"{split}/{score}")

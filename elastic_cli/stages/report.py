@@ -116,7 +116,8 @@ def _write(
     paths = [folder / name for name in REPORT_FILES]
     csv, md, png, html = paths
     files.write_text_atomic(csv, found.to_csv(index=False))
-    files.write_text_atomic(md, f"{title}\n\n{table.markdown(found)}\n\nruns read from {uri}\n")
+    made = f"made by `{_command()}` from the runs in {uri}"
+    files.write_text_atomic(md, f"{title}\n\n{table.markdown(found)}\n\n{made}\n")
     figure = figures.png_figure(drawn, title, x_label, score)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
@@ -125,6 +126,14 @@ def _write(
     # the page carries plotly.js itself (about 4 MB): it opens offline, attached to a mail or an artifact
     files.write_text_atomic(html, page.to_html(include_plotlyjs=True, full_html=True))
     return paths
+
+
+def _command() -> str:
+    """`elastic report` with this run's overrides, to put beside a table pasted elsewhere."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return " ".join(["elastic report", *overrides])
 
 
 # the terminal's table: the columns a reader compares first (report.csv and report.md have them all)
