@@ -174,6 +174,26 @@ def _exit_group_shorthand(arg: str) -> str:
     return f"backbone@method.swift={match.group(1)}" if match else arg
 
 
+# Hydra's flags that compose the config and print it (or Hydra's information) without running the stage
+_SHOW_FLAGS = frozenset({"--cfg", "-c", "--info", "-i", "--resolve"})
+
+
+def _show(stage: str) -> None:
+    """Run the stage's Hydra app for a flag that only shows the config; when the composition names a
+    schema of the package's own plug-ins, import them and compose again (nothing was printed yet)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import MissingConfigException
+
+    from elastic_cli.plugins import register_own
+
+    try:
+        MAINS[stage]()
+    except MissingConfigException:
+        register_own()
+        GlobalHydra.instance().clear()
+        MAINS[stage]()
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that the same unwinding happens."""
 
@@ -217,8 +237,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     from elastic_cli.plugins import register_configs, searchpath_override
 
+    # `--cfg job` and the like only compose and print: the package's own plug-ins (torch) are imported
+    # only when the composition names one of their schemas (_show, below)
+    shows_only = any(arg in _SHOW_FLAGS for arg in args)
     try:
-        plugin_conf = register_configs()
+        plugin_conf = register_configs(own=not shows_only)
     except UserError as err:
         fail(err)
     args += searchpath_override(plugin_conf)  # the outside plug-ins' YAMLs (ELASTIC_PLUGINS)
@@ -227,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.argv = [f"elastic {stage}", *args]
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        MAINS[stage]()
+        _show(stage) if shows_only else MAINS[stage]()
     except _user_errors() as err:
         fail(err)
     except Terminated:

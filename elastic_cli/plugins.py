@@ -17,13 +17,18 @@ from elastic_cli.errors import UserError
 PLUGINS_ENV = "ELASTIC_PLUGINS"
 
 
-def register_configs() -> list[Path]:
-    """Register every schema; the conf/ folders of the outside plug-ins, for the search path."""
+# the package's modules whose plug-ins store schemas (head kinds and backbone families have none, and
+# importing the adapters would load transformers before `--help`); they import torch (2-3 s)
+OWN_PLUGIN_MODULES = ("elastic_cli.methods", "elastic_cli.exits")
+
+
+def register_configs(own: bool = True) -> list[Path]:
+    """Register every schema; the conf/ folders of the outside plug-ins, for the search path. `own=False`
+    leaves out the package's own plug-ins (register_own() adds them): a composition that names none of
+    their schemas (the default method and rule) then needs no torch."""
     config.register_configs()
-    # the modules whose plug-ins store schemas (head kinds and backbone families have none, and importing
-    # the adapters would load transformers before `--help`)
-    for own in ("elastic_cli.methods", "elastic_cli.exits"):
-        importlib.import_module(own)
+    if own:
+        register_own()
     folders = []
     for name in filter(None, (n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(","))):
         try:
@@ -37,6 +42,12 @@ def register_configs() -> list[Path]:
         if conf.is_dir():
             folders.append(conf.resolve())
     return folders
+
+
+def register_own() -> None:
+    """The package's own plug-ins' schemas."""
+    for module in OWN_PLUGIN_MODULES:
+        importlib.import_module(module)
 
 
 def searchpath_override(folders: list[Path]) -> list[str]:

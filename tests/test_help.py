@@ -150,3 +150,18 @@ def test_help_imports_no_torch():
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "method.stop_gradient=true" in proc.stdout
+
+
+@pytest.mark.parametrize("method, imports_torch", [("early_exit", False), ("pabee", True)])
+def test_showing_the_config_imports_torch_only_for_a_plugin_schema(method: str, imports_torch: bool):
+    # `--cfg job` of the default method and rule (schemas in config.py) needs no torch (2-3 s to import);
+    # pabee's patience rule has its schema beside the rule, which the same command then imports
+    code = (
+        "import sys; from elastic_cli.cli import main; "
+        f"main(['evaluate', '--cfg', 'job', 'method={method}']); "
+        "print('TORCH', 'torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"name: {method}" in done.stdout
+    assert f"TORCH {imports_torch}" in done.stdout
