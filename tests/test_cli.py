@@ -129,6 +129,8 @@ def test_mlflow_holds_every_stage_and_the_metrics(trained: Path):
     assert ev["metrics.oracle_room_ratio"] > 0
     tr = runs[runs["tags.elastic.stage"] == "train"].iloc[0]
     assert tr["params.seed"] == "42" and tr["metrics.train/loss"] == tr["metrics.train/loss"]
+    # the optimizer steps' rate, without the epochs' calibration scoring: a few hundred examples/s here
+    assert 1 < tr["metrics.train/examples_per_second"] < 1e6
 
 
 def test_evaluate_run_says_what_it_evaluated(trained: Path):

@@ -12,6 +12,7 @@ import itertools
 import math
 import os
 import signal
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -272,6 +273,9 @@ def train_stage(
             f"training stage {s + 1} ({stage.objective}, {stage.trainable}) has nothing to train: "
             "this model has no exit heads of its own before the last (use more exits or method.head=pooler)"
         )
+    # the optimizer steps' own time (data to optimizer step; not the epochs' calibration scoring, not the
+    # stage's first step, which pays one-off costs): train/examples_per_second
+    step_seconds, step_examples, first_step = 0.0, 0, True
     with progress() as bar:
         task = bar.add_task(label, total=total, info="")
         if done:
@@ -282,6 +286,7 @@ def train_stage(
             epoch_batches = batches(
                 enc_train, train.batch_size, pad_id=pad_id, shuffle=True, seed=seed + epoch
             )
+            started = time.perf_counter()
             for i, batch in enumerate(itertools.islice(epoch_batches, skip_batches, None), skip_batches):
                 batch = batch.to(device)
                 out = model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
@@ -292,14 +297,20 @@ def train_stage(
                 optimizer.step()
                 objective.after_step(model)
                 schedule.step()
+                loss_value = loss.item()  # (waits for the step's work on an accelerator)
+                now = time.perf_counter()
+                if not first_step:
+                    step_seconds += now - started
+                    step_examples += len(batch.index)
+                first_step = False
                 done += 1
                 step += 1
-                shown = f"{loss_label(objective, done - 1, model.lte is not None)} {loss.item():.4f}"
+                shown = f"{loss_label(objective, done - 1, model.lte is not None)} {loss_value:.4f}"
                 bar.update(task, advance=1, info=f"epoch {epoch + 1} {shown}")
                 if done % train.log_every == 0 or done == total:
                     tracking.log_metrics(
                         {
-                            f"{prefix}train/loss": loss.item(),
+                            f"{prefix}train/loss": loss_value,
                             f"{prefix}train/lr": float(schedule.get_last_lr()[0]),
                         },
                         step,
@@ -311,6 +322,7 @@ def train_stage(
                 Saver.after_step()
                 if done >= total:
                     break
+                started = time.perf_counter()
             skip_batches = 0
             epoch += 1
             signals = all_exit_outputs(model, enc_cal, eval_batch_size, pad_id, device, "calibration")
@@ -322,6 +334,8 @@ def train_stage(
             }
             metrics[f"{prefix}calibration/mean_exit_{name}"] = float(scores.mean())
             metrics.update(objective.logged(model.exit_layers))
+            if step_seconds > 0:
+                metrics[f"{prefix}train/examples_per_second"] = step_examples / step_seconds
             speedup = None
             if signals.layer_tokens is not None:  # a length-reducing model: what its dropping saves
                 tokens = signals.layer_tokens.numpy()
