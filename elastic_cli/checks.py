@@ -11,24 +11,13 @@ import math
 
 from omegaconf import DictConfig, OmegaConf
 
-from elastic_cli.config import ReportRootConfig, RootConfig, TrainStageConfig, validate, validate_report
+from elastic_cli.config import RootConfig, TrainStageConfig, validate
 from elastic_cli.errors import UserError
 from elastic_cli.exits import RULES, ExitRule, build_rule
 from elastic_cli.methods import METHODS
 from elastic_cli.methods.objectives import OBJECTIVES
 from elastic_cli.models.adapters import FAMILIES
 from elastic_cli.models.heads import HEADS
-
-
-def to_stage_config(cfg: DictConfig) -> RootConfig | ReportRootConfig:
-    """The typed object a stage works with, checked: `elastic report` has its own schema (it reads runs,
-    no model); the other stages share RootConfig."""
-    if cfg.get("stage") == "report":
-        report = OmegaConf.to_object(cfg)
-        assert isinstance(report, ReportRootConfig)
-        validate_report(report)
-        return report
-    return to_root(cfg)
 
 
 def to_root(cfg: DictConfig) -> RootConfig:

@@ -45,13 +45,12 @@ CONFIG_PATH = _config_path()
 
 def _run_stage(stage: str, cfg: DictConfig) -> float | None:
     # Inside the job, exit here: Hydra would otherwise add its own "Error executing job" line.
-    from elastic_cli.checks import to_stage_config
     from elastic_cli.progress import console
 
     console.record = True  # what the stage prints goes into the job's log file too (_save_transcript)
     last_line = ""  # how the stage stopped, when not by returning
     try:
-        root = to_stage_config(cfg)
+        root = _typed(stage, cfg)
         module = importlib.import_module(f"elastic_cli.stages.{stage}")
         return module.run(root, cfg)
     except _user_errors() as err:
@@ -62,6 +61,19 @@ def _run_stage(stage: str, cfg: DictConfig) -> float | None:
         raise
     finally:
         _save_transcript(last_line)
+
+
+def _typed(stage: str, cfg: DictConfig) -> object:
+    """The stage's typed config, checked: `report` has its own schema (it reads runs: no model, so none of
+    the plug-in registries, whose modules load torch and transformers); the others share RootConfig,
+    checked against the registries."""
+    if stage == "report":
+        from elastic_cli.config import to_report_config
+
+        return to_report_config(cfg)
+    from elastic_cli.checks import to_root
+
+    return to_root(cfg)
 
 
 def _save_transcript(last_line: str = "") -> None:
@@ -241,7 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     # only when the composition names one of their schemas (_show, below)
     shows_only = any(arg in _SHOW_FLAGS for arg in args)
     try:
-        plugin_conf = register_configs(own=not shows_only)
+        # (a report composes the task group alone: no plug-in schema)
+        plugin_conf = register_configs(own=not shows_only and stage != "report")
     except UserError as err:
         fail(err)
     args += searchpath_override(plugin_conf)  # the outside plug-ins' YAMLs (ELASTIC_PLUGINS)

@@ -415,10 +415,13 @@ def validate(cfg: RootConfig) -> None:
             )
 
 
-def validate_report(cfg: ReportRootConfig) -> None:
-    """`elastic report`'s settings: the fixed speed-ups are speed-ups (>= 1)."""
-    for value in cfg.report.speedups:
+def to_report_config(cfg: Any) -> ReportRootConfig:
+    """`elastic report`'s typed config (conf/report.yaml), checked: the fixed speed-ups are speed-ups."""
+    report = OmegaConf.to_object(cfg)
+    assert isinstance(report, ReportRootConfig)
+    for value in report.report.speedups:
         check_range("report.speedups", value, at_least(1), "the speed-ups the table reads scores at")
+    return report
 
 
 def check_exit_layers(spec: Any) -> None:

@@ -6,7 +6,6 @@ Classification gets predicted class ids (the argmax already taken), regression g
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
 from elastic_cli.errors import UserError
 
@@ -81,12 +80,16 @@ def pearson(preds: np.ndarray, labels: np.ndarray) -> float:
     """NaN when either side is constant (the correlation is undefined)."""
     if _constant(preds) or _constant(labels):
         return float("nan")
+    from scipy import stats  # (a second to import: only a regression task needs it)
+
     return float(stats.pearsonr(preds.astype(np.float64), labels.astype(np.float64))[0])
 
 
 def spearman(preds: np.ndarray, labels: np.ndarray) -> float:
     if _constant(preds) or _constant(labels):
         return float("nan")
+    from scipy import stats
+
     return float(stats.spearmanr(preds.astype(np.float64), labels.astype(np.float64))[0])
 
 

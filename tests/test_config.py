@@ -11,8 +11,8 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-from elastic_cli.checks import to_root, to_stage_config
-from elastic_cli.config import ReportAxis, ReportRootConfig, RootConfig, parse_exit_layers
+from elastic_cli.checks import to_root
+from elastic_cli.config import ReportAxis, ReportRootConfig, RootConfig, parse_exit_layers, to_report_config
 from elastic_cli.errors import UserError
 from elastic_cli.plugins import register_configs
 
@@ -47,7 +47,7 @@ def test_stage_config_composes_with_defaults(stage):
 
 
 def test_report_composes_its_own_schema_with_the_task_group():
-    report = to_stage_config(compose(config_name="report", overrides=["task=mrpc", "report.x=latency"]))
+    report = to_report_config(compose(config_name="report", overrides=["task=mrpc", "report.x=latency"]))
     assert isinstance(report, ReportRootConfig)
     assert report.task.name == "mrpc" and report.report.x == ReportAxis.latency
     assert report.report.speedups == [1.5, 2.0, 3.0, 4.0] and report.report.reference == "elasticbert"
@@ -56,7 +56,7 @@ def test_report_composes_its_own_schema_with_the_task_group():
 
 def test_bad_report_settings_fail_at_composition():
     with pytest.raises(UserError, match=r"report.speedups=0.5 must be >= 1"):
-        to_stage_config(compose(config_name="report", overrides=["report.speedups=[2,0.5]"]))
+        to_report_config(compose(config_name="report", overrides=["report.speedups=[2,0.5]"]))
     with pytest.raises(HydraException, match="report.x=speed") as bad_axis:
         compose(config_name="report", overrides=["report.x=speed"])
     assert "expected one of [flops, layers, latency]" in str(bad_axis.value.__cause__)
