@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench_common import Loaded, load
+from bench_common import Loaded, add_checkpoint_args, load, set_threads
 
 from elastic_cli import timing
 
@@ -42,14 +42,10 @@ def time_batches(b: Loaded, chunks: list[Any], t: float) -> dict[str, np.ndarray
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ckpts", type=Path, nargs="+")
-    p.add_argument("--data", type=Path, required=True)
     p.add_argument("--sizes", default="32,128")
-    p.add_argument("--threshold", type=float, default=None, help="default: the calibrated one")
-    p.add_argument("--threads", type=int, default=None)
+    add_checkpoint_args(p)
     a = p.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    device = torch.device("cpu")
+    device = set_threads(a.threads)
     print(
         f"{torch.get_num_threads()} threads; every example of the split, each batch timed static and adaptive"
     )

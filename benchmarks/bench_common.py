@@ -4,6 +4,7 @@ each exit costs."""
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,3 +68,17 @@ def load(ckpt: Path, data: Path, outputs: str, device: torch.device) -> Loaded:
     cached = subject.outputs(split_name, inputs, cfg, device)
     temperatures = torch.tensor(calib.temperatures)
     return Loaded(info, subject, inputs, cached, subject.costs(inputs), rule, temperatures, calib.threshold)
+
+
+def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
+    """--data, --threshold and --threads, as every checkpoint benchmark reads them."""
+    parser.add_argument("--data", type=Path, required=True, help="the task's local data folder")
+    parser.add_argument("--threshold", type=float, default=None, help="default: the calibrated one")
+    parser.add_argument("--threads", type=int, default=None, help="torch's threads; default: torch's")
+
+
+def set_threads(threads: int | None) -> torch.device:
+    """torch's CPU threads (when given); the device the benchmarks run on."""
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.device("cpu")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_common import load
+from bench_common import add_checkpoint_args, load, set_threads
 
 from elastic_cli import timing
 
@@ -77,14 +77,12 @@ def bench(ckpt: Path, data: Path, n: int, speedup: float, warmup: int, out: str)
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ckpts", type=Path, nargs="+")
-    p.add_argument("--data", type=Path, required=True)
     p.add_argument("--n", type=int, default=200, help="dev examples timed")
     p.add_argument("--speedup", type=float, default=2.0)
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--threads", type=int, default=None)
+    add_checkpoint_args(p)
     a = p.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    set_threads(a.threads)
     print(f"batch 1, {a.n} dev examples, {torch.get_num_threads()} threads")
     print(
         "| model | threshold | FLOPs x | latency x (mean) | latency x (p50) | static / adaptive ms | "

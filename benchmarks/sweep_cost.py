@@ -17,21 +17,18 @@ exits and predictions equal the curve's simulation at the same threshold.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
+from bench_common import add_checkpoint_args, load, set_threads
 
-from elastic_cli import checkpoint, exits
-from elastic_cli.checks import to_root
-from elastic_cli.data import load_task_data
-from elastic_cli.plugins import register_configs
+from elastic_cli import exits
 from elastic_cli.stages.common import CachedOutputs, all_exit_outputs
-from elastic_cli.stages.subjects import MultiExitSubject, open_subject
+from elastic_cli.stages.subjects import MultiExitSubject
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 TARGET = 1.3
 GRID = 100
 
@@ -39,31 +36,19 @@ GRID = 100
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ckpt", type=Path)
-    p.add_argument("--data", type=Path, required=True, help="the task's local data folder")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threshold", type=float, default=None, help="default: the calibrated one")
-    p.add_argument("--threads", type=int, default=None)
+    add_checkpoint_args(p)
     a = p.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    device = torch.device("cpu")
-    subject = open_subject(a.ckpt, device)
+    device = set_threads(a.threads)
+    with tempfile.TemporaryDirectory(prefix="sweep-bench-") as out:
+        b = load(a.ckpt, a.data, out, device)
+    subject = b.subject
     if not isinstance(subject, MultiExitSubject):
         raise SystemExit("sweep_cost.py times the exits of one multi-exit model")
-    meta = subject.meta
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = to_root(
-            compose(config_name="evaluate", overrides=[f"task={meta.task}", f"task.data_dir={a.data}"])
-        )
-    split_name, split = next(iter(load_task_data(cfg.task, meta.seed).evals.items()))
-    enc = subject.encode(split)
-    costs = subject.costs(enc)
-    calib = checkpoint.CalibrationFile.load(a.ckpt)
-    rule = exits.build_rule(cfg.method.exit.__class__(name=calib.rule if calib else "maxprob"))
-    temperatures = torch.tensor(calib.temperatures) if calib else None
-    threshold = a.threshold if a.threshold is not None else (calib.threshold if calib else 0.9)
+    meta, enc, costs, rule, temperatures = subject.meta, b.inputs, b.costs, b.rule, b.temperatures
+    split_name = b.cached.split
+    threshold = b.threshold if a.threshold is None else a.threshold
     singles = subject.batches(enc, 1, list(range(len(enc.labels))), device)
     n = len(singles)
     print(
