@@ -63,11 +63,14 @@ def _run_stage(stage: str, cfg: DictConfig) -> float | None:
         _save_transcript(last_line)
 
 
+# the stages of a model: RootConfig, composed with the plug-ins' schemas and checked against their
+# registries. `report` reads runs: its own schema, no plug-in (their modules load torch and transformers).
+MODEL_STAGES = frozenset({"train", "calibrate", "evaluate"})
+
+
 def _typed(stage: str, cfg: DictConfig) -> object:
-    """The stage's typed config, checked: `report` has its own schema (it reads runs: no model, so none of
-    the plug-in registries, whose modules load torch and transformers); the others share RootConfig,
-    checked against the registries."""
-    if stage == "report":
+    """The stage's typed config, checked."""
+    if stage not in MODEL_STAGES:
         from elastic_cli.config import to_report_config
 
         return to_report_config(cfg)
@@ -253,8 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     # only when the composition names one of their schemas (_show, below)
     shows_only = any(arg in _SHOW_FLAGS for arg in args)
     try:
-        # (a report composes the task group alone: no plug-in schema)
-        plugin_conf = register_configs(own=not shows_only and stage != "report")
+        plugin_conf = register_configs(own=stage in MODEL_STAGES and not shows_only)
     except UserError as err:
         fail(err)
     args += searchpath_override(plugin_conf)  # the outside plug-ins' YAMLs (ELASTIC_PLUGINS)

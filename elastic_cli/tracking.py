@@ -727,8 +727,8 @@ def _run_exists(client: MlflowClient, run_id: str) -> bool:
 
 
 def _default_run_name(cfg: RootConfig | ReportRootConfig) -> str:
-    if isinstance(cfg, ReportRootConfig):
-        return f"{cfg.stage} {cfg.task.name}"
+    if isinstance(cfg, ReportRootConfig):  # `report sst2`, `report sst2 mpnet-base`
+        return " ".join(filter(None, [cfg.stage, cfg.task.name, cfg.report.backbone]))
     return run_record.run_name(
         cfg.stage, cfg.method.name, cfg.backbone.name, cfg.method.exit.name, cfg.method.exit.threshold
     )

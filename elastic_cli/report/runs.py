@@ -52,7 +52,7 @@ class Row:
 
     def metric(self, name: str) -> float:
         """The chosen run's metric `name` (NaN when it logged none)."""
-        return _number(self.run.get(f"metrics.{name}"))
+        return number(self.run.get(f"metrics.{name}"))
 
     @property
     def threshold_source(self) -> str:
@@ -60,7 +60,7 @@ class Row:
 
     @property
     def threshold(self) -> float:
-        return _number(_param(self.run, "threshold"))
+        return number(_param(self.run, "threshold"))
 
 
 def search(client: MlflowClient, experiment_id: str, stage: str) -> pd.DataFrame:
@@ -185,20 +185,27 @@ def _chosen(group: pd.DataFrame) -> pd.Series:
     return (calibrated if len(calibrated) else group).iloc[0]
 
 
-def _same_weights(group: pd.DataFrame, chosen: pd.Series) -> pd.DataFrame:
-    """The runs of `group` on the weights the chosen run evaluated (a retrained model is another curve)."""
-    for column in ("params.checkpoint.weights", "tags.elastic.checkpoint"):
-        value = chosen.get(column)
-        if column in group and isinstance(value, str) and value:
-            return group[group[column] == value]
-    return chosen.to_frame().T
+# what names the weights a run read, most precise first: their content hash, else the checkpoint folder
+WEIGHTS_KEYS = ("params.checkpoint.weights", "tags.elastic.checkpoint")
+
+
+def _on_weights(runs: pd.DataFrame, run: pd.Series) -> pd.DataFrame | None:
+    """The runs of `runs` on the weights `run` read (a retrained model is another model); None when `run`
+    does not say which weights it read."""
+    for column in WEIGHTS_KEYS:
+        value = run.get(column)
+        if column in runs and isinstance(value, str) and value:
+            return runs[runs[column] == value]
+    return None
 
 
 def _measured(group: pd.DataFrame, chosen: pd.Series) -> pd.DataFrame:
     """One row per evaluated threshold of the chosen run's weights (the latest run at each): threshold,
     run_id and the run's metrics without their `metrics.` prefix."""
-    same = _same_weights(group, chosen)
-    thresholds = same.apply(lambda run: _number(_param(run, "threshold")), axis=1)
+    same = _on_weights(group, chosen)
+    if same is None:
+        same = chosen.to_frame().T
+    thresholds = same.apply(lambda run: number(_param(run, "threshold")), axis=1)
     same = same.assign(_threshold=thresholds.round(9)).drop_duplicates("_threshold")
     # (evaluate also logs the threshold as a metric: the param, exact to 12 digits, is the one kept)
     metrics = {
@@ -215,14 +222,11 @@ def _calibration(calibrations: pd.DataFrame, run: pd.Series) -> pd.Series | None
     if calibrations.empty or _param(run, "threshold_source") != "calibration":
         return None
     found = calibrations[calibrations["start_time"] <= run["start_time"]]
-    for column in ("params.checkpoint.weights", "tags.elastic.checkpoint"):
-        value = run.get(column)
-        if column in found and isinstance(value, str) and value:
-            found = found[found[column] == value]
-            break
+    same = _on_weights(found, run)
+    found = found if same is None else same
     names = found.apply(lambda r: _param(r, "name"), axis=1) if len(found) else pd.Series(dtype=object)
     found = found[names == _param(run, "name")] if len(found) else found
-    threshold = _number(_param(run, "threshold"))
+    threshold = number(_param(run, "threshold"))
     if "metrics.calibration/threshold" not in found or not math.isfinite(threshold):
         return None
     chose = (found["metrics.calibration/threshold"] - threshold).abs() <= 1e-9 * max(1.0, abs(threshold))
@@ -257,9 +261,9 @@ def _param(run: pd.Series, name: str) -> Any:
     return None
 
 
-def _number(value: Any) -> float:
+def number(value: Any) -> float:
+    """A logged value (a param's text, a metric) as a float; NaN when it is missing or not a number."""
     try:
-        number = float(value)
+        return float(value)
     except (TypeError, ValueError):
         return float("nan")
-    return number

@@ -18,7 +18,7 @@ import pandas as pd
 from elastic_cli import run_record
 from elastic_cli.config import ReportAxis
 from elastic_cli.report.curves import elue_score, mean_score, pareto_front, score_at
-from elastic_cli.report.runs import Row
+from elastic_cli.report.runs import Row, number
 
 X, Y = "speedup", "score"  # the columns of a row's points
 
@@ -59,23 +59,17 @@ class Series:
 
 
 def points(row: Row, axis: Axis, split: str, score: str) -> pd.DataFrame:
-    """The row's (speed-up, score) points with their threshold and exit shares, on `axis`."""
+    """The row's (speed-up, score) points with their threshold and exit shares, on `axis`: the rows of its
+    threshold curve, or of its measured runs (one per threshold) when no curve holds the axis."""
     if axis.curve is not None:
-        if row.curve is None or axis.curve not in row.curve:
-            return pd.DataFrame(columns=[X, Y, "threshold", "exits"])
-        curve = row.curve
-        fractions = [c for c in curve.columns if c.startswith("exit_frac_")]
-        table = pd.DataFrame({X: curve[axis.curve], Y: curve["score"], "threshold": curve["threshold"]})
-        table["exits"] = _exit_shares(curve, fractions, "exit_frac_")
-        return table.dropna(subset=[X, Y]).reset_index(drop=True)
-    measured = row.measured
-    x_metric, y_metric = axis.point.format(split=split), f"{split}/{score}"
-    if x_metric not in measured or y_metric not in measured:
+        source, x, y, shares = row.curve, axis.curve, "score", "exit_frac_"
+    else:
+        source, x, y = row.measured, axis.point.format(split=split), f"{split}/{score}"
+        shares = f"{split}/exit_fraction_"
+    if source is None or x not in source or y not in source:
         return pd.DataFrame(columns=[X, Y, "threshold", "exits"])
-    prefix = f"{split}/exit_fraction_"
-    fractions = [c for c in measured.columns if c.startswith(prefix)]
-    table = pd.DataFrame({X: measured[x_metric], Y: measured[y_metric], "threshold": measured["threshold"]})
-    table["exits"] = _exit_shares(measured, fractions, prefix)
+    table = pd.DataFrame({X: source[x], Y: source[y], "threshold": source["threshold"]})
+    table["exits"] = _exit_shares(source, [c for c in source.columns if c.startswith(shares)], shares)
     return table.dropna(subset=[X, Y]).reset_index(drop=True)
 
 
@@ -151,7 +145,7 @@ def build(
             ref = references.get(row.backbone)  # the reference on the row's own backbone
             vs = math.nan
             if ref is not None and len(ref.front) > 0 and len(s.front) > 0:
-                vs = elue_score(s.front, ref.points, X, Y)[0]
+                vs = elue_score(s.front, ref.front, X, Y)[0]
             record[f"vs {reference}"] = vs
         record["threshold"] = row.threshold
         record["source"] = row.threshold_source
@@ -161,8 +155,8 @@ def build(
         record["throughput x"] = row.metric("throughput_speedup")
         calibration = row.calibration
         predicted = calibration if calibration is not None else pd.Series(dtype=object)
-        record[f"predicted {score}"] = _number(predicted.get("metrics.calibration/score"))
-        record["predicted FLOPs x"] = _number(predicted.get("metrics.calibration/flops_speedup"))
+        record[f"predicted {score}"] = number(predicted.get("metrics.calibration/score"))
+        record["predicted FLOPs x"] = number(predicted.get("metrics.calibration/flops_speedup"))
         # the consistent oracle: full-depth predictions at the fewest layers (no latency is measured for it)
         oracle = axis if axis.oracle is not None else AXES[ReportAxis.flops]
         record[f"oracle {oracle.short} x"] = row.metric(f"{split}/oracle_consistency_{oracle.oracle}")
@@ -176,13 +170,6 @@ def _finite(*values: float) -> bool:
     return all(isinstance(v, float) and math.isfinite(v) for v in values)
 
 
-def _number(value: object) -> float:
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return float("nan")
-
-
 # --- Markdown --------------------------------------------------------------------------------------------
 
 
@@ -192,7 +179,7 @@ def cell(column: str, value: object) -> str:
     if column == "run":
         return str(value)[:8]
     if column == "threshold":
-        return run_record.threshold_text(_number(value))
+        return run_record.threshold_text(number(value))
     if isinstance(value, (float, np.floating)):
         if not math.isfinite(value):
             return "n/a"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,8 +39,7 @@ def run(cfg: ReportRootConfig, raw: DictConfig) -> None:
     axis = table.AXES[report.x]
     uri, client, experiment_id = _open_store(cfg)
     experiment = tracking.experiment_name(cfg)
-    name = f"report {cfg.task.name}" + (f" {report.backbone}" if report.backbone else "")
-    with tracking.stage_run(cfg, raw, run_name=name):
+    with tracking.stage_run(cfg, raw):
         evaluated = runs.select(runs.search(client, experiment_id, "evaluate"), report, experiment)
         calibrations = runs.search(client, experiment_id, "calibrate")
         rows, notes = runs.rows(client, evaluated, calibrations, split)
@@ -52,7 +50,7 @@ def run(cfg: ReportRootConfig, raw: DictConfig) -> None:
                 "(set report.reference=<one of the methods below>)"
             )
         found, drawn = table.build(rows, axis, split, score, report.speedups, reference)
-        folder = _folder(cfg)
+        folder = _folder()
         title = f"{cfg.task.name} ({split} split), {', '.join(sorted(set(found['backbone'])))}: " + (
             f"{score} against {axis.label}"
         )
@@ -91,14 +89,11 @@ def _open_store(cfg: ReportRootConfig) -> tuple[str, MlflowClient, str]:
     return uri, client, experiment.experiment_id
 
 
-def _folder(cfg: ReportRootConfig) -> Path:
-    """Hydra's run folder of this report (outputs/reports/<time>_<task>), else a new one like it."""
+def _folder() -> Path:
+    """Hydra's run folder of this report: outputs/reports/<time>_<task>."""
     from hydra.core.hydra_config import HydraConfig
 
-    if HydraConfig.initialized():
-        folder = Path(HydraConfig.get().runtime.output_dir)
-    else:
-        folder = Path(cfg.outputs) / "reports" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{cfg.task.name}"
+    folder = Path(HydraConfig.get().runtime.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -132,8 +127,7 @@ def _command() -> str:
     """`elastic report` with this run's overrides, to put beside a table pasted elsewhere."""
     from hydra.core.hydra_config import HydraConfig
 
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    return " ".join(["elastic report", *overrides])
+    return " ".join(["elastic report", *HydraConfig.get().overrides.task])
 
 
 # the terminal's table: the columns a reader compares first (report.csv and report.md have them all)
