@@ -167,6 +167,11 @@ _SWIFT_SHORTHAND = re.compile(
 _GRID_SHORTHAND = re.compile(r"^method\.exit\.sweep=([^'\"]*[,(\[][^'\"]*)$")
 
 
+# a report's list setting given bare (`report.methods=sweet`, `report.methods=sweet,pabee`): one list, never
+# a multirun of reports
+_REPORT_LIST_SHORTHAND = re.compile(r"^report\.(methods|runs|speedups)=([^\[\]'\"()]+)$")
+
+
 def _exit_group_shorthand(arg: str) -> str:
     """`method.exit=patience` means the nested config group `method/exit=patience`: the exit node
     is a config, so a bare name can only mean one of its options. Likewise `method.swift=minilm-l6`
@@ -174,7 +179,11 @@ def _exit_group_shorthand(arg: str) -> str:
 
     `method.exit.sweep=0.6,0.9` (or `[0.6,0.9]`) is the grid of `sweep=thresholds`, one string: Hydra
     would read the bare comma list (or `range(...)`) as a multirun over the grid itself and sweep the
-    default grid once per value, so it is quoted (`method.exit.sweep='0.6,0.9'`)."""
+    default grid once per value, so it is quoted (`method.exit.sweep='0.6,0.9'`). A report's list settings
+    given bare are lists: `report.methods=sweet,pabee` is `report.methods=[sweet,pabee]`."""
+    match = _REPORT_LIST_SHORTHAND.match(arg)
+    if match:
+        return f"report.{match.group(1)}=[{match.group(2)}]"
     match = _GRID_SHORTHAND.match(arg)
     if match:
         grid = match.group(1).strip()

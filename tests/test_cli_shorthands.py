@@ -37,6 +37,12 @@ from elastic_cli.cli import _exit_group_shorthand
         ("method.exit.sweep=0.9", "method.exit.sweep=0.9"),
         ("method.exit.sweep='0.6,0.9'", "method.exit.sweep='0.6,0.9'"),
         ("method.exit.threshold=0.6,0.9", "method.exit.threshold=0.6,0.9"),  # a multirun, as Hydra reads it
+        # a report's list settings given bare are one list, not a multirun of reports
+        ("report.methods=sweet", "report.methods=[sweet]"),
+        ("report.methods=sweet,pabee", "report.methods=[sweet,pabee]"),
+        ("report.speedups=2,3", "report.speedups=[2,3]"),
+        ("report.methods=[sweet]", "report.methods=[sweet]"),
+        ("report.backbone=mpnet-base", "report.backbone=mpnet-base"),
     ],
 )
 def test_shorthands(arg: str, expected: str) -> None:

@@ -88,6 +88,15 @@ def test_filters_keep_the_named_runs_and_name_what_the_store_holds():
         runs.select(found.iloc[:0], ReportConfig(), "sst2")
 
 
+def test_a_split_no_run_evaluated_is_one_line_naming_those_they_did():
+    found = run_table({"run_id": "a", "metrics.validation/task_metric": 0.9, "metrics.task_metric": 0.9})
+    runs.check_split(found, "validation")
+    with pytest.raises(
+        UserError, match="report.split=test: .* logged no test split; choose one of validation$"
+    ):
+        runs.check_split(found, "test")
+
+
 def test_calibration_prediction_is_the_calibrate_run_that_chose_the_threshold():
     evaluate = run_table(
         {

@@ -108,6 +108,20 @@ def select(runs: pd.DataFrame, report: ReportConfig, experiment: str) -> pd.Data
     return _keep(runs, "tags.elastic.method", list(report.methods), "report.methods")
 
 
+def check_split(runs: pd.DataFrame, split: str) -> None:
+    """The selected runs evaluated `split`; else a one-line error naming the splits they did evaluate."""
+    logged = sorted({c[len("metrics.") : -len("/task_metric")] for c in runs.columns if _split_metric(c)})
+    if split not in logged:
+        raise UserError(
+            f"report.split={split}: the selected evaluate runs logged no {split} split; "
+            f"choose one of {', '.join(logged) or 'none'}"
+        )
+
+
+def _split_metric(column: str) -> bool:
+    return column.startswith("metrics.") and column.endswith("/task_metric")
+
+
 def _keep(runs: pd.DataFrame, column: str, wanted: list[str], setting: str) -> pd.DataFrame:
     if not wanted:
         return runs

@@ -41,6 +41,7 @@ def run(cfg: ReportRootConfig, raw: DictConfig) -> None:
     experiment = tracking.experiment_name(cfg)
     with tracking.stage_run(cfg, raw):
         evaluated = runs.select(runs.search(client, experiment_id, "evaluate"), report, experiment)
+        runs.check_split(evaluated, split)
         calibrations = runs.search(client, experiment_id, "calibrate")
         rows, notes = runs.rows(client, evaluated, calibrations, split)
         reference = report.reference if any(r.method == report.reference for r in rows) else None
