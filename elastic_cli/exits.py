@@ -28,7 +28,16 @@ from elastic_cli.signals import ExitSignals
 
 C = TypeVar("C", bound="ExitRuleConfig")
 
-__all__ = ["RULES", "ExitRule", "ExitSignals", "build_rule", "decisions", "first_exit", "simulate"]
+__all__ = [
+    "RULES",
+    "DecisionWindow",
+    "ExitRule",
+    "ExitSignals",
+    "build_rule",
+    "decisions",
+    "first_exit",
+    "simulate",
+]
 
 
 @dataclass
@@ -116,6 +125,11 @@ class ExitRule(Generic[C]):
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def history(self, threshold: float) -> int | None:
+        """How many of the latest exits the decision at an exit reads (None: all of them so far). The
+        adaptive path keeps only those (`DecisionWindow`), so its per-exit cost does not grow with depth."""
+        return None
+
     def inert_settings(self, num_exits: int) -> list[str]:
         """This rule's settings (its config, the threshold when one is set) that can never act on a model
         with `num_exits` exits, a line each saying why; none by default. `check_applicable` warns of them."""
@@ -152,6 +166,9 @@ class MaxProb(ExitRule[ExitRuleConfig]):
     ) -> torch.Tensor:
         # SWEET sweeps linspace(1/C, 1): 1/C exits everything at the first exit, 1 runs (nearly) all layers
         return torch.linspace(1.0 / num_classes, 1.0, size, dtype=torch.float64)
+
+    def history(self, threshold: float) -> int | None:
+        return 1  # the current exit's outputs alone
 
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         confidence = signals.logits.softmax(dim=-1).amax(dim=-1)
@@ -206,6 +223,9 @@ class Entropy(ExitRule[ExitRuleConfig]):
     ) -> torch.Tensor:
         return torch.linspace(0.0, math.log(max(num_classes, 2)), size, dtype=torch.float64)
 
+    def history(self, threshold: float) -> int | None:
+        return 1  # the current exit's outputs alone
+
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         entropy = _entropy(signals.logits)
         return entropy < _threshold(threshold, entropy)
@@ -220,6 +240,9 @@ class NormalisedEntropy(ExitRule[ExitRuleConfig]):
 
     threshold_range = (0.0, 1.0)
     larger_is_slower = False
+
+    def history(self, threshold: float) -> int | None:
+        return 1  # the current exit's outputs alone
 
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         uncertainty = _normalised_entropy(signals.logits)
@@ -251,6 +274,10 @@ class Patience(ExitRule[PatienceExitConfig]):
     ) -> torch.Tensor:
         # every patience that can fire before the last exit, and E - 1 (which only the last exit can reach)
         return torch.arange(1, max(num_exits, 2), dtype=torch.float64)
+
+    def history(self, threshold: float) -> int | None:
+        # the counter reaches t (a whole count: ceil(t)) when the last ceil(t) + 1 predictions agree
+        return max(math.ceil(threshold), 0) + 1
 
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         z = signals.logits
@@ -317,6 +344,10 @@ class Elbert(ExitRule[ElbertExitConfig]):
         self.window = int(settings.window)
         self.margin = float(settings.margin)
         self.range = float(settings.range)
+
+    def history(self, threshold: float) -> int | None:
+        # stage 1 reads the current exit; stage 2 the window of the last N
+        return 1 if self.mode == "entropy" else self.window
 
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         uncertainty = _normalised_entropy(signals.logits)
@@ -385,6 +416,9 @@ class LearnedToExit(ExitRule[ExitRuleConfig]):
         q = _quantiles_and_above(lte[:, :-1], size - len(fixed)).clamp(max=1.0)
         return torch.unique(torch.cat([fixed, q]))
 
+    def history(self, threshold: float) -> int | None:
+        return 1  # the current exit's outputs alone
+
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         if signals.lte is None:
             raise UserError(_NO_LTE.format(name=self.name))
@@ -423,6 +457,9 @@ class Energy(ExitRule[EnergyExitConfig]):
         # logits' dtype, as `decide` computes them, so the lowest grid point is exactly the lowest score
         # (in float64 it could sit an ulp above it and send that example on)
         return _quantiles_and_above(self.score(signals.logits[:, :-1]), size)
+
+    def history(self, threshold: float) -> int | None:
+        return 1  # the current exit's outputs alone
 
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         s = self.score(signals.logits)
@@ -494,6 +531,37 @@ def decisions(
 ) -> torch.Tensor:
     """[N, E] exit decisions (or [T, N, E] for a [T, 1, 1] tensor of thresholds)."""
     return rule.decide(signals.float().scaled(temperatures), threshold)
+
+
+class DecisionWindow:
+    """The adaptive path's view of what the exits produced, for the active examples: the latest
+    `rule.history(threshold)` exits only, so deciding at exit e costs the same at every depth. Decides
+    as `decisions(...)[:, -1]` on the whole prefix would (the rule reads nothing older)."""
+
+    def __init__(self, rule: ExitRule, threshold: float, temperatures: torch.Tensor | None = None) -> None:
+        self.rule, self.threshold, self.temperatures = rule, threshold, temperatures
+        self.size = rule.history(threshold)
+        self.signals: ExitSignals | None = None
+        self.first = 0  # the exit index of the window's first column
+
+    def decide(self, logits: torch.Tensor, lte: torch.Tensor | None) -> torch.Tensor:
+        """Add the next exit's outputs ([N, C], [N]); return its decisions [N] (True: exit here)."""
+        if self.signals is None or self.size == 1:  # nothing older to keep: no concatenation
+            self.first += 0 if self.signals is None else self.signals.num_exits
+            seen = ExitSignals.first(logits, lte)
+        else:
+            seen = self.signals.append(logits, lte)
+            if self.size is not None and seen.num_exits > self.size:
+                self.first += seen.num_exits - self.size
+                seen = seen.latest(self.size)
+        self.signals = seen
+        t = None if self.temperatures is None else self.temperatures[self.first :]
+        return decisions(self.rule, seen, self.threshold, t)[:, -1]
+
+    def keep(self, positions: torch.Tensor) -> None:
+        """Only the examples at `positions` go on."""
+        if self.signals is not None:
+            self.signals = self.signals.rows(positions)
 
 
 def first_exit(exit_here: torch.Tensor) -> torch.Tensor:

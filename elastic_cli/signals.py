@@ -32,6 +32,10 @@ class ExitSignals:
         """The first k exits."""
         return ExitSignals(self.logits[:, :k], None if self.lte is None else self.lte[:, :k])
 
+    def latest(self, k: int) -> ExitSignals:
+        """The last k exits."""
+        return ExitSignals(self.logits[:, -k:], None if self.lte is None else self.lte[:, -k:])
+
     def scaled(self, temperatures: torch.Tensor | None) -> ExitSignals:
         """Per-exit temperature scaling of the logits, z_e / T_e (`temperatures` has one entry per exit)."""
         if temperatures is None or self.logits.shape[-1] == 1:  # regression outputs are not probabilities

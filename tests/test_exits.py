@@ -477,3 +477,38 @@ def test_every_rule_is_causal_and_broadcasts_thresholds(name):
             # a [T, 1, 1] tensor of thresholds gives the [T, N, E] stack of single-threshold decisions
             many = rule.decide(signals, grid.to(logits.dtype).view(-1, 1, 1))
             assert torch.equal(many, torch.stack(full))
+
+
+@pytest.mark.parametrize("name", OUTPUT_RULES)
+def test_the_adaptive_window_decides_as_the_whole_prefix(name):
+    """DecisionWindow keeps only the latest exits the rule reads; at every exit its decisions equal the
+    last column of the rule's decisions on all exits so far (temperatures scaled per exit), including
+    for rows that leave on the way."""
+    gen = torch.Generator().manual_seed(1)
+    num_exits, n = 9, 60
+    lte = torch.rand(n, num_exits, generator=gen)
+    logits = 2.0 * torch.randn(n, num_exits, 3, generator=gen)
+    # runs of agreeing predictions, so patience and ELBERT's windows fire at some thresholds
+    logits[: n // 2, 2:, 0] += 4.0
+    temperatures = 0.5 + torch.rand(num_exits, generator=gen)
+    rules = _contract_rules(name)
+    if name == "elbert":
+        rules += [exits.build_rule(ElbertExitConfig(mode="bias_1", window=4))]
+    for rule in rules:
+        grid = rule.grid(3, num_exits, 7, ExitSignals(logits, lte))
+        sizes = set()
+        for t in grid.tolist():
+            full = exits.decisions(rule, ExitSignals(logits, lte), t, temperatures)
+            window = exits.DecisionWindow(rule, t, temperatures)
+            rows = torch.arange(n)
+            for e in range(num_exits):
+                got = window.decide(logits[rows, e], lte[rows, e])
+                assert torch.equal(got, full[rows, e]), (rule.name, t, e)
+                sizes.add(window.signals.num_exits)
+                keep = (~got).nonzero().squeeze(1)
+                if e % 3 == 2:  # compact as the adaptive path does
+                    rows = rows[keep]
+                    window.keep(keep)
+        # the window is bounded by what the rule reads, not the depth
+        bound = max(rule.history(float(t)) or num_exits for t in grid.tolist())
+        assert max(sizes) == min(bound, num_exits)

@@ -97,14 +97,16 @@ class Cascade:
         size = first.shape[0]
         out = AdaptiveOutput.empty(size, self.num_labels, first.device)
         rows = torch.arange(size, device=first.device)  # batch rows still undecided
-        seen: exits.ExitSignals | None = None
+        window = exits.DecisionWindow(rule, threshold, temperatures)
         last = len(self.members) - 1
         for j, (member, batch) in enumerate(zip(self.members, batches, strict=True)):
             b = batch if rows.numel() == size else take_rows(batch, rows)
             z = member.model.static_forward(b.input_ids, b.attention_mask, b.token_type_ids)
-            seen = exits.ExitSignals.first(z, None) if seen is None else seen.append(z, None)
-            keep = out.settle(rows, j, z, seen, j == last, rule, threshold, temperatures)
+            keep = out.settle(rows, j, z, None if j == last else window.decide(z, None))
+            if keep is None:
+                continue
             if keep.numel() == 0:
                 break
-            rows, seen = rows[keep], seen.rows(keep)
+            rows = rows[keep]
+            window.keep(keep)
         return out

@@ -5,7 +5,8 @@ Two execution paths share the same layers and heads:
   learned-to-exit scores when the model has that module). Training and the evaluation cache use it.
 - `adaptive`: layer by layer, each example leaves the batch when its exit rule fires and the rest
   go on (compaction). Batch 1 is the latency path. It calls the exit rule of `elastic_cli.exits` on
-  the outputs seen so far, so it agrees with `exits.simulate` on cached outputs.
+  the outputs seen so far (the latest the rule reads: `exits.DecisionWindow`), so it agrees with
+  `exits.simulate` on cached outputs.
 
 Training-time variants of the forward pass (no effect on the values it computes):
 - `stop_gradient` (SWEET): the hidden state handed on after an exit is detached, so exit k's loss
@@ -59,23 +60,20 @@ class AdaptiveOutput:
         )
 
     def settle(
-        self,
-        rows: torch.Tensor,
-        exit_index: int,
-        z: torch.Tensor,
-        seen: exits.ExitSignals,
-        is_last: bool,
-        rule: exits.ExitRule,
-        threshold: float,
-        temperatures: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Record the active examples (batch rows `rows`, outputs `z` at exit `exit_index`, all outputs
-        so far `seen`) whose rule fires, or all of them at the last exit; return the positions among
-        the active ones that go on."""
-        if is_last:
-            exit_now = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
-        else:
-            exit_now = exits.decisions(rule, seen, threshold, temperatures)[:, -1]
+        self, rows: torch.Tensor, exit_index: int, z: torch.Tensor, exit_now: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """Record the active examples (batch rows `rows`, outputs `z` at exit `exit_index`) that leave
+        here: those where `exit_now` [N] is true, or all of them when it is None (the last exit). Return
+        the positions among the active ones that go on, or None when all do (nothing to compact). The
+        common cases, none or all leaving (always, at batch 1), cost no indexing."""
+        leaving = z.shape[0] if exit_now is None else int(exit_now.sum())
+        if leaving == 0:
+            return None
+        if leaving == z.shape[0]:
+            self.logits[rows] = z.to(self.logits.dtype)
+            self.exit_index[rows] = exit_index
+            return rows.new_empty(0)
+        assert exit_now is not None
         self.logits[rows[exit_now]] = z[exit_now].to(self.logits.dtype)
         self.exit_index[rows[exit_now]] = exit_index
         return (~exit_now).nonzero().squeeze(1)
@@ -188,7 +186,7 @@ class MultiExitModel(nn.Module):
         batch = input_ids.shape[0]
         out = AdaptiveOutput.empty(batch, self.num_labels, input_ids.device)
         rows = torch.arange(batch, device=input_ids.device)  # original row of every active example
-        seen: exits.ExitSignals | None = None  # the active examples' outputs so far
+        window = exits.DecisionWindow(rule, threshold, temperatures)
         state = self.backbone.embed(input_ids, attention_mask, token_type_ids)
         layer = 0
         last = self.num_exits - 1
@@ -197,11 +195,12 @@ class MultiExitModel(nn.Module):
                 state = self.backbone.layer(layer, state)
                 layer += 1
             z, u = self._exit(e, state.hidden, state.attention_mask)
-            seen = exits.ExitSignals.first(z, u) if seen is None else seen.append(z, u)
-            keep = out.settle(rows, e, z, seen, e == last, rule, threshold, temperatures)
+            keep = out.settle(rows, e, z, None if e == last else window.decide(z, u))
+            if keep is None:
+                continue
             if keep.numel() == 0:
                 break
-            if keep.numel() < rows.numel():
-                state = self.backbone.select(state, keep)
-                rows, seen = rows[keep], seen.rows(keep)
+            state = self.backbone.select(state, keep)
+            rows = rows[keep]
+            window.keep(keep)
         return out
