@@ -49,6 +49,11 @@ class Dtype(StrEnum):
     bfloat16 = "bfloat16"
 
 
+class Quantize(StrEnum):
+    none = "none"
+    int8 = "int8"  # PyTorch dynamic quantization of every Linear layer (CPU)
+
+
 class CalibrationTarget(StrEnum):
     # the fastest threshold whose accuracy is within `tolerance` (absolute) of the final exit's
     accuracy_within = "accuracy_within"
@@ -201,7 +206,10 @@ class TaskConfig:
 @dataclass
 class DeviceConfig:
     name: DeviceName = DeviceName.cpu
+    # what calibrate and evaluate run the model in (training is float32); a run in another precision
+    # also times and scores the float32 model beside it
     dtype: Dtype = Dtype.float32
+    quantize: Quantize = Quantize.none
     threads: int | None = None  # torch.set_num_threads; null: leave torch's default
     eval_batch_size: int = 64
     throughput_batch_size: int = 32

@@ -115,14 +115,22 @@ def threshold_text(threshold: float | None) -> str:
 
 
 def run_name(
-    stage: str, method: str, backbone: str, rule: str | None = None, threshold: float | None = None
+    stage: str,
+    method: str,
+    backbone: str,
+    rule: str | None = None,
+    threshold: float | None = None,
+    precision: str = "float32",
 ) -> str:
-    """What tells runs apart in MLflow's tables: `evaluate sweet mpnet-base maxprob t=0.90`."""
+    """What tells runs apart in MLflow's tables: `evaluate sweet mpnet-base maxprob t=0.90` (and `int8`
+    for a model run in another precision than float32)."""
     parts = [stage, method, backbone]
     if stage in ("calibrate", "evaluate") and rule:
         parts.append(rule)
     if stage == "evaluate" and threshold is not None:
         parts.append(f"t={threshold_text(threshold)}")
+    if stage in ("calibrate", "evaluate") and precision != "float32":
+        parts.append(precision)
     return " ".join(parts)
 
 

@@ -281,6 +281,11 @@ def test_bad_input_is_one_line_exit_2(workdir: Path, args, needles):
     _one_line_error(elastic("train", *TINY, *args, cwd=workdir), *needles)
 
 
+def test_int8_of_a_half_precision_model_is_refused_before_loading(trained: Path):
+    args = ("device.quantize=int8", "device.dtype=float16", f"task.data_dir={trained / 'data'}")
+    _one_line_error(elastic("evaluate", *TINY_STAGE, *args, cwd=trained), "drop device.dtype=float16")
+
+
 def test_missing_checkpoint(workdir: Path):
     data = f"task.data_dir={workdir / 'data'}"
     _one_line_error(
@@ -416,3 +421,48 @@ def test_regression_rejects_probability_rules(tmp_path: Path):
     _one_line_error(proc, "regression", "patience")
     # the static baseline never applies its rule: it trains on a regression task as it is
     ok(elastic("train", "method=static", "task=stsb", *args, f"task.data_dir={data}", cwd=tmp_path))
+
+
+def test_int8_evaluate_measures_itself_against_float32(trained: Path, tmp_path: Path):
+    """device.quantize=int8: the evaluate run is named so, scores the float32 model beside it at the same
+    threshold (equal to the float32 run's accuracy), times the float32 static model in the same loop,
+    and caches its outputs apart from float32's."""
+    ckpt = trained / "outputs" / "checkpoints" / "sst2" / "early_exit" / "tiny-bert" / "seed42"
+    cached_before = set((ckpt / "cache").iterdir())
+    data = f"task.data_dir={trained / 'data'}"
+    proc = ok(
+        elastic(
+            "evaluate",
+            *TINY_STAGE,
+            data,
+            f"ckpt={ckpt}",
+            f"outputs={tmp_path}",
+            "device.quantize=int8",
+            cwd=trained,
+        )
+    )
+    assert "int8 against float32: accuracy" in proc.stderr
+    assert "this precision's static" in proc.stderr
+    evaluated = _runs(trained)
+    # the fixture's evaluate run: float32 at the calibrated threshold (a sweep's children set theirs)
+    (float_run,) = [
+        r for _, r in evaluated.iterrows() if r.get("params.exit.threshold_source") == "calibration"
+    ]
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = [r for _, r in mlflow.search_runs(experiment_names=["sst2"], output_format="pandas").iterrows()]
+    assert run["tags.mlflow.runName"].endswith(" int8")
+    assert run["params.device.quantize"] == "int8"
+    assert run["metrics.float32_task_metric"] == float_run["metrics.task_metric"]
+    assert abs(run["metrics.task_metric"] - run["metrics.float32_task_metric"]) <= 0.1
+    m = {k[len("metrics.") :]: v for k, v in run.items() if k.startswith("metrics.")}
+    assert m["latency_static_float32_mean_ms"] > 0
+    assert m["latency_precision_speedup_mean"] == pytest.approx(
+        m["latency_static_float32_mean_ms"] / m["latency_static_mean_ms"]
+    )
+    assert m["latency_combined_speedup_mean"] == pytest.approx(
+        m["latency_static_float32_mean_ms"] / m["latency_adaptive_mean_ms"]
+    )
+    new = set((ckpt / "cache").iterdir()) - cached_before
+    assert len(new) == 1  # the int8 outputs; float32's were already there and were reused

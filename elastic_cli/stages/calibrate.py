@@ -13,6 +13,7 @@ from elastic_cli.config import RootConfig
 from elastic_cli.data import load_task_data
 from elastic_cli.errors import UserError
 from elastic_cli.metrics import score_name
+from elastic_cli.models.precision import check_precision
 from elastic_cli.stages import subjects
 from elastic_cli.stages.common import (
     console,
@@ -35,9 +36,10 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
         )
     rule = exits.build_rule(cfg.method.exit)
     exits.check_applicable(rule, info.num_labels, info.has_lte, info.num_exits)
+    check_precision(cfg.device)
 
     with tracking.stage_run(cfg, raw, checkpoint=folder, record=subjects.record(folder, info)):
-        subject = subjects.open_subject(folder, device)
+        subject = subjects.open_subject(folder, device, cfg.device)
         data = load_task_data(cfg.task, cfg.seed)
         inputs = subject.encode(data.calibration)
         cached = subject.outputs("calibration", inputs, cfg, device)

@@ -21,6 +21,7 @@ from elastic_cli.cost import ExitCosts
 from elastic_cli.data import load_task_data
 from elastic_cli.errors import UserError
 from elastic_cli.metrics import compute_metrics, main_metric, score_name
+from elastic_cli.models.precision import check_precision, precision_name
 from elastic_cli.progress import progress
 from elastic_cli.stages import subjects
 from elastic_cli.stages.common import (
@@ -75,11 +76,19 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
     rule = exits.build_rule(cfg.method.exit)
     exits.check_applicable(rule, info.num_labels, info.has_lte, info.num_exits)
 
+    check_precision(cfg.device)
+
     with tracking.stage_run(cfg, raw, checkpoint=folder, record=subjects.record(folder, info)):
-        subject = subjects.open_subject(folder, device)
+        subject = subjects.open_subject(folder, device, cfg.device)
+        # another precision than float32 is measured against the float32 model, in the same run
+        float32 = None if subject.precision == "float32" else subjects.open_subject(folder, device)
         calib = checkpoint.CalibrationFile.load(folder)
         threshold, temperatures, source = _operating_point(cfg, calib, subject.exit_names)
-        tracking.rename_run(run_record.run_name("evaluate", info.method, info.backbone, rule.name, threshold))
+        tracking.rename_run(
+            run_record.run_name(
+                "evaluate", info.method, info.backbone, rule.name, threshold, subject.precision
+            )
+        )
         data = load_task_data(cfg.task, cfg.seed)
         scaled = temperatures is not None and bool((temperatures != 1.0).any())
         if source == "calibration" and calib is not None and "epsilon" in calib.extra:
@@ -104,10 +113,22 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
             scores.log(subject.histogram_steps, cfg.evaluate.save_predictions, who)
             if i == 0:
                 headline = scores.metrics()
+                if float32 is not None:
+                    reference = _float32_scores(
+                        cfg, split, float32, inputs, rule, threshold, temperatures, device
+                    )
+                    headline.update(reference)
+                    console.print(
+                        f"{subject.precision} against float32: {main_metric(cfg.task.metric)} "
+                        f"{scores.task_metric:.4f} vs {reference['float32_task_metric']:.4f} at this threshold, "
+                        f"{scores.exit_scores[-1]:.4f} vs {reference['float32_full_depth_task_metric']:.4f} "
+                        "at full depth",
+                        highlight=False,
+                    )
                 if cfg.evaluate.latency:
                     headline.update(
                         _measure_latency(
-                            cfg, subject, inputs, decisions, rule, threshold, temperatures, device
+                            cfg, subject, inputs, decisions, rule, threshold, temperatures, device, float32
                         )
                     )
                 tracking.log_metrics(headline)
@@ -304,6 +325,31 @@ def _score_split(
     )
 
 
+def _float32_scores(
+    cfg: RootConfig,
+    split: str,
+    float32: subjects.Subject,
+    inputs: Any,
+    rule: exits.ExitRule,
+    threshold: float,
+    temperatures: torch.Tensor | None,
+    device: torch.device,
+) -> dict[str, float]:
+    """The float32 model's task metric at the same threshold and at full depth, beside a run in another
+    precision (device.dtype, device.quantize): what the precision costs in accuracy."""
+    cached = float32.outputs(split, inputs, cfg, device)
+    costs = float32.costs(inputs)
+    chosen = float32.decide(rule, cached, costs, threshold, temperatures).logits
+    full = cached.signals.logits[:, -1]
+    name = main_metric(cfg.task.metric)
+
+    def metric(logits: torch.Tensor) -> float:
+        preds = logits[:, 0].numpy() if logits.shape[-1] == 1 else logits.argmax(dim=-1).numpy()
+        return float(compute_metrics(cfg.task.metric, preds, cached.labels)[name])
+
+    return {"float32_task_metric": metric(chosen), "float32_full_depth_task_metric": metric(full)}
+
+
 def _measure_latency(
     cfg: RootConfig,
     subject: subjects.Subject,
@@ -313,9 +359,11 @@ def _measure_latency(
     threshold: float,
     temperatures: torch.Tensor | None,
     device: torch.device,
+    float32: subjects.Subject | None = None,
 ) -> dict[str, float]:
     """Batch-1 latency (p50/p90) and batched throughput, adaptive beside static (the full model, or a
-    cascade's last model alone), in the same process."""
+    cascade's last model alone), in the same process; with `float32` (a run in another precision), the
+    float32 static model's batch-1 latency too, timed in the same interleaved loop."""
     n = len(decisions.exit_index)
     rng = np.random.default_rng(cfg.seed)
     subset = np.sort(rng.choice(n, size=min(cfg.evaluate.latency_samples, n), replace=False))
@@ -327,16 +375,20 @@ def _measure_latency(
     def adaptive(i: int) -> object:
         return subject.adaptive(singles[i], rule, threshold, temperatures)
 
+    timed: dict[str, Any] = {"static": static, "adaptive": adaptive}
+    if float32 is not None:
+        timed["static_float32"] = lambda i: float32.static(singles[i])
+
     fewer = ""
     if tracking.current_sweep_dir() is not None:  # conf/sweep/thresholds.yaml times fewer per child
         fewer = " (a sweep's child times fewer; set evaluate.latency_samples=N for more)"
     console.print(
-        f"timing batch-1 latency on {len(subset)} of {n} examples, static and adaptive interleaved{fewer}"
+        f"timing batch-1 latency on {len(subset)} of {n} examples, {', '.join(timed)} interleaved{fewer}"
     )
     with progress() as bar:
         task = bar.add_task("batch-1 latency", total=len(subset), info="")
         ms = timing.latency_per_example(
-            {"static": static, "adaptive": adaptive},
+            timed,
             subset.tolist(),
             cfg.evaluate.latency_warmup,
             after_each=lambda: bar.advance(task, 1),
@@ -347,6 +399,12 @@ def _measure_latency(
             out[f"latency_{name}_{k}"] = v
     out["latency_speedup_p50"] = out["latency_static_p50_ms"] / out["latency_adaptive_p50_ms"]
     out["latency_speedup_mean"] = out["latency_static_mean_ms"] / out["latency_adaptive_mean_ms"]
+    if float32 is not None:
+        # the precision's own speed-up (static over static), and both together (float32 static over
+        # the adaptive model in this precision)
+        base = out["latency_static_float32_mean_ms"]
+        out["latency_precision_speedup_mean"] = base / out["latency_static_mean_ms"]
+        out["latency_combined_speedup_mean"] = base / out["latency_adaptive_mean_ms"]
 
     # batched: the adaptive path compacts the batch as examples exit. Batches are timed interleaved
     # (static, adaptive, static, ...) like the batch-1 latency, so load from elsewhere hits both alike.
@@ -403,8 +461,9 @@ def timing_noise(h: dict[str, float], layer_speedup: float) -> str | None:
 
 def _print(cfg: RootConfig, source: str, scores: SplitScores) -> None:
     # no markup in the title: rich would take "[validation]" for a style tag and drop it
+    precision = "" if precision_name(cfg.device) == "float32" else f", {precision_name(cfg.device)}"
     title = (
-        f"{cfg.method.name} / {cfg.backbone.name} / {cfg.task.name} ({scores.split} split): "
+        f"{cfg.method.name} / {cfg.backbone.name} / {cfg.task.name} ({scores.split} split{precision}): "
         f"{cfg.method.exit.name} threshold {scores.threshold:.4f} ({source})"
     )
     table = Table(title=Text(title))
@@ -448,3 +507,10 @@ def _print_latency(h: dict[str, float]) -> None:
         f"adaptive {h['throughput_adaptive']:.1f}/s | adaptive agrees with simulation on "
         f"{100 * h['adaptive_agreement']:.1f}% of timed examples"
     )
+    if "latency_precision_speedup_mean" in h:
+        console.print(
+            f"against the float32 static model ({h['latency_static_float32_mean_ms']:.2f} ms mean): this "
+            f"precision's static {h['latency_precision_speedup_mean']:.2f}x, adaptive "
+            f"{h['latency_combined_speedup_mean']:.2f}x (mean latency)",
+            highlight=False,
+        )

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from elastic_cli import calibration, checkpoint, cost, exits, run_record
-from elastic_cli.config import RootConfig
+from elastic_cli.config import DeviceConfig, RootConfig
 from elastic_cli.cost import ExitCosts
 from elastic_cli.data import Batch, Encoded, batches, encode
 from elastic_cli.data.splits import Split
@@ -25,6 +25,7 @@ from elastic_cli.errors import UserError
 from elastic_cli.models.cascade import Cascade, Member
 from elastic_cli.models.length_reducing import LengthReducingModel
 from elastic_cli.models.multi_exit import AdaptiveOutput
+from elastic_cli.models.precision import for_inference, precision_name
 from elastic_cli.signals import ExitSignals
 from elastic_cli.stages.common import CachedOutputs, cached_outputs, cost_dims, exit_scores
 
@@ -104,6 +105,12 @@ class Subject(ABC):
     # the speed-up a `speedup` target reads: layers for one model; FLOPs for a cascade, whose models
     # differ in width, so their layers are not worth the same
     speed_column: str = "layer_speedup"
+    precision: str = "float32"  # how the model(s) run: device.dtype, or int8 (device.quantize)
+
+    def cache_variant(self, variant: str = "") -> str:
+        """What else besides weights and split the cached outputs depend on: `variant` and the precision
+        (none for float32, so float caches written before precision was a setting stay valid)."""
+        return ";".join(v for v in (variant, "" if self.precision == "float32" else self.precision) if v)
 
     @abstractmethod
     def encode(self, split: Split) -> Any:
@@ -178,9 +185,12 @@ class Subject(ABC):
 
 
 class MultiExitSubject(Subject):
-    def __init__(self, folder: Path, device: torch.device) -> None:
+    def __init__(self, folder: Path, device: torch.device, precision: DeviceConfig | None = None) -> None:
         self.folder = folder
         self.model, self.tokenizer, self.meta = checkpoint.load(folder, device)
+        if precision is not None:
+            self.model = for_inference(self.model, precision)
+            self.precision = precision_name(precision)
         self.num_labels = self.meta.num_labels
         self.exit_layers = list(self.meta.exit_layers)
         self.exit_names = [f"L{k}" for k in self.exit_layers]
@@ -200,7 +210,15 @@ class MultiExitSubject(Subject):
         self, name: str, inputs: Encoded, cfg: RootConfig, device: torch.device, variant: str = ""
     ) -> CachedOutputs:
         return cached_outputs(
-            self.folder, self.fingerprint(), name, self.model, inputs, cfg, self.pad_id, device, variant
+            self.folder,
+            self.fingerprint(),
+            name,
+            self.model,
+            inputs,
+            cfg,
+            self.pad_id,
+            device,
+            self.cache_variant(variant),
         )
 
     def costs(self, inputs: Encoded) -> ExitCosts:
@@ -232,13 +250,17 @@ class MultiExitSubject(Subject):
 class CascadeSubject(Subject):
     speed_column = "flops_speedup"
 
-    def __init__(self, folder: Path, device: torch.device) -> None:
+    def __init__(self, folder: Path, device: torch.device, precision: DeviceConfig | None = None) -> None:
         self.folder = folder
         self.meta = checkpoint.CascadeMeta.load(folder)
+        if precision is not None:
+            self.precision = precision_name(precision)
         members = []
         for entry in self.meta.members:
             member_folder = entry.path(folder)
             model, tokenizer, meta = checkpoint.load(member_folder, device)
+            if precision is not None:
+                model = for_inference(model, precision)
             members.append(Member(entry.name, model, tokenizer, meta.max_seq_length, member_folder))
         self.cascade = Cascade(members)
         self.num_labels = self.cascade.num_labels
@@ -263,6 +285,7 @@ class CascadeSubject(Subject):
                 cfg,
                 m.pad_id,
                 device,
+                self.cache_variant(),
             )
             for m, enc in zip(self.cascade.members, inputs, strict=True)
         ]
@@ -306,8 +329,8 @@ class LengthReducingSubject(MultiExitSubject):
 
     speed_column = "flops_speedup"
 
-    def __init__(self, folder: Path, device: torch.device) -> None:
-        super().__init__(folder, device)
+    def __init__(self, folder: Path, device: torch.device, precision: DeviceConfig | None = None) -> None:
+        super().__init__(folder, device, precision)
         self.splits: dict[str, tuple[Encoded, RootConfig, torch.device]] = {}
 
     def outputs(
@@ -389,10 +412,12 @@ SUBJECTS: dict[str, type[MultiExitSubject]] = {
 }
 
 
-def open_subject(folder: Path, device: torch.device) -> Subject:
+def open_subject(folder: Path, device: torch.device, precision: DeviceConfig | None = None) -> Subject:
+    """The checkpoint in `folder`, its model(s) on `device` in the precision `precision` asks for
+    (device.dtype, device.quantize; None: as saved, float32)."""
     if checkpoint.is_cascade(folder):
-        return CascadeSubject(folder, device)
-    return SUBJECTS[checkpoint.read_meta(folder).shape](folder, device)
+        return CascadeSubject(folder, device, precision)
+    return SUBJECTS[checkpoint.read_meta(folder).shape](folder, device, precision)
 
 
 def check_matches(folder: Path, info: SubjectInfo, cfg: RootConfig) -> None:

@@ -22,6 +22,7 @@ from elastic_cli.data import load_task_data
 from elastic_cli.errors import UserError
 from elastic_cli.methods import CascadeMethod, Method, build_method
 from elastic_cli.metrics import score_name
+from elastic_cli.models.precision import precision_name
 from elastic_cli.stages import init_from, train_state
 from elastic_cli.stages.common import console, seed_everything, setup_device
 from elastic_cli.stages.train_cascade import train_cascade
@@ -57,6 +58,12 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
     rule = exits.build_rule(cfg.method.exit)
     single_exit = cfg.method.exit_layers == "last" and not isinstance(method, CascadeMethod)
     exits.check_applicable(rule, cfg.task.num_labels, cfg.method.lte, 1 if single_exit else None)
+    if precision_name(cfg.device) != "float32":
+        console.print(
+            f"[yellow]warning:[/] device.dtype/device.quantize ({precision_name(cfg.device)}) apply to "
+            "calibrate and evaluate; training runs float32",
+            highlight=False,
+        )
     folder = checkpoint.checkpoint_dir(cfg)
     # before any work: never replace anything but an elastic checkpoint of this method/backbone/task
     replaces = checkpoint.check_replaceable(folder, cfg.method.name, cfg.backbone.name, cfg.task.name)
