@@ -67,6 +67,9 @@ def test_settings_that_differ_within_a_method_label_its_rows():
     seeds = found.assign(**{"params.data.seed": ["1", "1", "2"], "tags.elastic.method": "sweet"})
     seeds["params.exit.window"] = None
     assert runs._settings(seeds).tolist() == ["seed=1", "seed=1", "seed=2"]
+    # a model evaluated in int8 beside float32 runs, some logged before precision was a setting (no param)
+    quantized = seeds.assign(**{"params.data.seed": "1", "params.device.quantize": [None, "none", "int8"]})
+    assert runs._settings(quantized).tolist() == ["quantize=none", "quantize=none", "quantize=int8"]
 
 
 def test_filters_keep_the_named_runs_and_name_what_the_store_holds():

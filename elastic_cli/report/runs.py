@@ -31,7 +31,8 @@ NOT_SETTINGS = ("threshold", "sweep", "threshold_source", "temperature_scaled")
 SEED_PARAMS = ("params.data.seed", "params.seed")
 # how the evaluated model ran (device.dtype, device.quantize=int8): runs of one model in two precisions
 # are two rows
-PRECISION_PARAMS = ("params.device.dtype", "params.device.quantize")
+# (runs logged before they were settings ran float32, unquantized)
+PRECISION_PARAMS = {"params.device.dtype": "float32", "params.device.quantize": "none"}
 # the evaluated rule's params: exit.*, or method.exit.* in stores of elastic before issue 13
 EXIT_PARAM_PREFIXES = ("params.exit.", "params.method.exit.")
 
@@ -180,13 +181,18 @@ def rows(
 
 def _settings(runs: pd.DataFrame) -> pd.Series:
     """Per run, its rule settings besides the threshold, its seed and precision, where they differ between
-    its method's runs (e.g. `window=8`, `seed=2`, `quantize=int8`), as text; "" for a method evaluated one way only."""
+    its method's runs (e.g. `window=8`, `seed=2`, `quantize=int8`), as text; "" for a method evaluated one
+    way only."""
     columns = [
         c
         for c in runs.columns
         if c.startswith(EXIT_PARAM_PREFIXES) and c.rsplit(".", 1)[1] not in NOT_SETTINGS
     ]
-    columns += [c for c in (*SEED_PARAMS, *PRECISION_PARAMS) if c in runs.columns]
+    columns += [c for c in SEED_PARAMS if c in runs.columns]
+    runs = runs.copy()
+    for column, default in PRECISION_PARAMS.items():
+        runs[column] = runs[column].fillna(default) if column in runs.columns else default
+        columns.append(column)
     labels = pd.Series("", index=runs.index)
     for _, group in runs.groupby(["tags.elastic.method", "tags.elastic.backbone"]):
         varying = [c for c in columns if group[c].nunique(dropna=True) > 1]
