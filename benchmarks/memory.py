@@ -1,7 +1,7 @@
 """Peak memory (issue 15, benchmark 6): the peak RSS of `elastic train` (a few steps at batch 32 x 128
-tokens) and of `elastic evaluate` on 1,000 and 5,000 examples, each in its own process (the kernel's
+tokens) and of `elastic evaluate` on 2,000 and 10,000 examples, each in its own process (the kernel's
 ru_maxrss of the child). Evaluation keeps every exit's logits, not hidden states: what grows from 1,000
-to 5,000 examples is compared with what the logits and the encoded inputs need, and flagged beyond 4x that.
+to 10,000 examples is compared with what the logits and the encoded inputs need, and flagged beyond 4x that.
 
 SST-2's dev split has 872 sentences, so the evaluation reads its training sentences as the evaluated
 split (`task.local_files`), on a copy of the checkpoint (evaluate caches its outputs beside it).
@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-SIZES = (1000, 5000)
+SIZES = (2000, 10000)
 FLAG_OVER = 4.0  # growth beyond this many times the logits + inputs is flagged
 
 

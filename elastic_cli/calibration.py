@@ -12,7 +12,7 @@ evaluation per threshold.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,9 @@ from elastic_cli.signals import ExitSignals
 _LOG_T_BOUND = float(np.log(100.0))
 TARGETS = ("accuracy_within", "speedup", "super_fraction", "consistency")
 _MAX_DECISIONS = 1 << 24  # booleans held at once when all thresholds are decided together
+# (threshold, example) cells a curve's per-cell tensors (exit index, correctness, cost) hold at once: the
+# thresholds go in chunks, so a curve over a large split does not hold T copies of it (issue 15's memory)
+_MAX_CURVE_CELLS = 1 << 18
 
 
 def _nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
@@ -76,20 +79,30 @@ def exit_indices(
     rule: ExitRule, signals: ExitSignals, thresholds: Sequence[float], temperatures: torch.Tensor | None
 ) -> torch.Tensor:
     """Exit index of every example at every threshold, [T, N], exactly as `exits.simulate` would give."""
+    n = signals.logits.shape[0]
+    parts = [idx for _, idx in _exit_index_chunks(rule, signals, thresholds, temperatures, _MAX_DECISIONS)]
+    return torch.cat(parts) if parts else torch.empty(0, n, dtype=torch.long)
+
+
+def _exit_index_chunks(
+    rule: ExitRule,
+    signals: ExitSignals,
+    thresholds: Sequence[float],
+    temperatures: torch.Tensor | None,
+    max_cells: int,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first threshold's position, exit indices [t, N]) for consecutive chunks of the thresholds, each
+    deciding at most `max_cells` (threshold, example) pairs and at most _MAX_DECISIONS exit decisions."""
     scaled = signals.float().scaled(temperatures)  # once, not once per threshold
     n, e = scaled.logits.shape[:2]
     values = [float(t) for t in thresholds]
-    if not values:
-        return torch.empty(0, n, dtype=torch.long)
-    # all thresholds at once, in chunks that bound the [T, N, E] decision tensor; the thresholds are
-    # compared in the logits' dtype, as a Python float threshold would be
-    chunk = max(1, _MAX_DECISIONS // max(1, n * e))
-    parts = []
+    # all thresholds of a chunk at once; the thresholds are compared in the logits' dtype, as a Python
+    # float threshold would be
+    chunk = max(1, min(_MAX_DECISIONS // max(1, n * e), max_cells // max(1, n)))
     for start in range(0, len(values), chunk):
         block = torch.tensor(values[start : start + chunk], dtype=scaled.logits.dtype).view(-1, 1, 1)
         fired = rule.decide(scaled, block).reshape(-1, e)
-        parts.append(exits.first_exit(fired).long().view(-1, n))
-    return torch.cat(parts)
+        yield start, exits.first_exit(fired).long().view(-1, n)
 
 
 def threshold_curve(
@@ -140,22 +153,30 @@ def threshold_curve(
     num_layers = costs.reference_layers if costs is not None else int(layers[-1])
     names = [f"L{int(k)}" for k in exit_layers] if exit_names is None else list(exit_names)
 
-    idx = exit_indices(rule, signals, thresholds, temperatures)  # [T, N]
+    t_count = len(thresholds)
+    score = torch.empty(t_count, dtype=torch.float64)
+    mean_layer = torch.empty(t_count, dtype=torch.float64)
+    exit_frac = torch.empty(t_count, e, dtype=torch.float64)
+    inconsistent = torch.zeros(t_count, dtype=torch.long)
+    adaptive = np.empty(t_count, dtype=np.float64)
+    predictions = logits.argmax(dim=-1)  # [N, E]; temperatures never change argmax
+    correct = predictions == labels_t.unsqueeze(1)
+    target = labels_t.double().numpy()
     rows = torch.arange(n).unsqueeze(0)
-    if c == 1:  # regression: Pearson's r of the outputs taken at each threshold
-        taken = logits[..., 0].double()[rows, idx].numpy()  # [T, N]
-        target = labels_t.double().numpy()
-        score = torch.tensor([np.nan_to_num(pearson(t, target), nan=0.0) for t in taken])
-    else:
-        predictions = logits.argmax(dim=-1)  # [N, E]; temperatures never change argmax
-        correct = predictions == labels_t.unsqueeze(1)
-        score = correct[rows, idx].double().mean(dim=1)
-        # examples whose taken prediction differs from the final exit's (target=consistency certifies it)
-        inconsistent = (predictions[rows, idx] != predictions[:, -1:].T).sum(dim=1)
-    mean_layer = layers[idx].double().mean(dim=1)
-    t_count = idx.shape[0]
-    offsets = (idx + e * torch.arange(t_count).unsqueeze(1)).flatten()
-    exit_frac = torch.bincount(offsets, minlength=t_count * e).view(t_count, e).double() / n
+    for start, idx in _exit_index_chunks(rule, signals, thresholds, temperatures, _MAX_CURVE_CELLS):
+        at = slice(start, start + idx.shape[0])  # this chunk's thresholds; idx is [t, N]
+        if c == 1:  # regression: Pearson's r of the outputs taken at each threshold
+            taken = logits[..., 0].double()[rows, idx].numpy()
+            score[at] = torch.tensor([np.nan_to_num(pearson(t, target), nan=0.0) for t in taken])
+        else:
+            score[at] = correct[rows, idx].double().mean(dim=1)
+            # examples whose taken prediction differs from the final exit's (target=consistency certifies it)
+            inconsistent[at] = (predictions[rows, idx] != predictions[:, -1:].T).sum(dim=1)
+        mean_layer[at] = layers[idx].double().mean(dim=1)
+        offsets = (idx + e * torch.arange(idx.shape[0]).unsqueeze(1)).flatten()
+        exit_frac[at] = torch.bincount(offsets, minlength=idx.shape[0] * e).view(-1, e).double() / n
+        if costs is not None:
+            adaptive[at] = torch.from_numpy(costs.exit_flops)[rows, idx].sum(dim=1).numpy()
 
     curve = pd.DataFrame(
         {
@@ -166,7 +187,6 @@ def threshold_curve(
         }
     )
     if costs is not None:
-        adaptive = torch.from_numpy(costs.exit_flops)[rows, idx].sum(dim=1).numpy()
         curve["flops_speedup"] = costs.reference_flops.sum() / adaptive
         curve["gflops_per_example"] = adaptive / n / 1e9
     for j in range(e):

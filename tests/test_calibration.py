@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from elastic_cli import checkpoint, exits
+from elastic_cli import calibration, checkpoint, exits
 from elastic_cli.calibration import (
     choose_threshold,
     exit_indices,
@@ -140,6 +140,26 @@ def test_threshold_curve_agrees_with_simulate_and_speedups():
         assert row.gflops_per_example == pytest.approx(expected["adaptive_gflops_per_example"])
     fractions = curve[[f"exit_frac_L{layer}" for layer in exit_layers]].sum(axis=1)
     np.testing.assert_allclose(fractions, 1.0)
+
+
+@pytest.mark.parametrize("regression", [False, True])
+def test_threshold_curve_in_chunks_of_thresholds_equals_one_pass(monkeypatch, regression):
+    """The curve holds (threshold, example) cells in chunks of thresholds (memory bounded on a large split):
+    any chunking gives the same curve, to the bit."""
+    gen = torch.Generator().manual_seed(5)
+    c = 1 if regression else 3
+    signals = ExitSignals(2.0 * torch.randn(200, 4, c, generator=gen).cumsum(dim=1))
+    labels = torch.randn(200, generator=gen).numpy() if regression else torch.randint(0, 3, (200,)).numpy()
+    rule = exits.build_rule(PatienceExitConfig()) if regression else MAXPROB
+    dims = EncoderDims(num_layers=4, hidden=16, intermediate=32, heads=2, num_labels=c)
+    costs = ExitCosts.multi_exit(torch.randint(5, 60, (200,), generator=gen).numpy(), [1, 2, 3, 4], dims)
+    thresholds = rule.grid(c, 4, 11).tolist()
+    temps = None if regression else torch.tensor([1.5, 1.2, 0.9, 1.0])
+    whole = threshold_curve(rule, signals, labels, [1, 2, 3, 4], thresholds, temps, costs=costs)
+    for cells in (200, 3 * 200, 7 * 200 + 1):  # 1, 3 and 7 thresholds a chunk (the last one shorter)
+        monkeypatch.setattr(calibration, "_MAX_CURVE_CELLS", cells)
+        chunked = threshold_curve(rule, signals, labels, [1, 2, 3, 4], thresholds, temps, costs=costs)
+        pd.testing.assert_frame_equal(chunked, whole, check_exact=True)
 
 
 def test_threshold_curve_prices_a_cascade_and_names_its_models() -> None:
