@@ -1,6 +1,6 @@
 """Peak memory (issue 15, benchmark 6): the peak RSS of `elastic train` (a few steps at batch 32 x 128
 tokens) and of `elastic evaluate` on 2,000 and 10,000 examples, each in its own process (the kernel's
-ru_maxrss of the child). Evaluation keeps every exit's logits, not hidden states: what grows from 1,000
+ru_maxrss of the child). Evaluation keeps every exit's logits, not hidden states: what grows from 2,000
 to 10,000 examples is compared with what the logits and the encoded inputs need, and flagged beyond 4x that.
 
 SST-2's dev split has 872 sentences, so the evaluation reads its training sentences as the evaluated
