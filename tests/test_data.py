@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from synthetic import NEGATIVE_CUES, POSITIVE_CUES, write_synthetic_task
 from tiny_models import tiny_tokenizer
 
 from elastic_cli.config import TaskConfig
-from elastic_cli.data import Split, batches, encode, load_splits, load_task_data, loading
+from elastic_cli.data import Split, batches, encode, encoding, load_splits, load_task_data, loading
 from elastic_cli.errors import UserError
 
 # ../shared/assets/data beside the repo (as in CI's clean clone); ELASTIC_DATA overrides it
@@ -485,11 +486,14 @@ def test_pairs_get_no_token_types_from_a_tokenizer_without_them() -> None:
     assert batch.token_type_ids is None
 
 
-def test_encode_is_one_batched_tokenizer_call(tokenizer) -> None:
+def test_encode_tokenizes_in_batched_chunks(tokenizer, monkeypatch) -> None:
+    """Batched calls of at most _TOKENIZE_CHUNK examples (a call's Rust-side encodings cost memory until
+    it returns), never one per example; chunking changes no id."""
+
     class Counting:
         def __init__(self) -> None:
             self.calls = 0
-            self.model_input_names = tokenizer.model_input_names
+            self.model_input_names = ["input_ids", "token_type_ids"]
 
         def __call__(self, *args, **kwargs):
             self.calls += 1
@@ -498,7 +502,13 @@ def test_encode_is_one_batched_tokenizer_call(tokenizer) -> None:
     counting = Counting()
     split = Split("s", [("the movie was good",)] * 5000, np.zeros(5000, dtype=np.int64))
     enc = encode(split, counting, max_length=16)
-    assert counting.calls == 1 and len(enc.input_ids) == 5000
+    assert counting.calls == math.ceil(5000 / encoding._TOKENIZE_CHUNK) and len(enc.input_ids) == 5000
+    pairs = Split("p", [(f"premise {i} here", f"a hypothesis {i % 7}") for i in range(50)], np.zeros(50))
+    whole = encode(pairs, counting, max_length=12)
+    monkeypatch.setattr(encoding, "_TOKENIZE_CHUNK", 7)
+    chunked = encode(pairs, counting, max_length=12)
+    assert chunked.input_ids == whole.input_ids and chunked.token_type_ids == whole.token_type_ids
+    assert whole.token_type_ids is not None and len(whole.token_type_ids) == 50
 
 
 def test_batches_pad_to_the_longest_row_with_a_mask(tokenizer) -> None:

@@ -15,6 +15,8 @@ import torch
 
 from elastic_cli.data.splits import Split
 
+_TOKENIZE_CHUNK = 1024  # examples tokenised per call
+
 
 @dataclass
 class Encoded:
@@ -40,18 +42,27 @@ def encode(split: Split, tokenizer: Any, max_length: int) -> Encoded:
         raise ValueError(f"a split holds 1 or 2 texts per example, this one holds {len(columns)}")
     is_pair = len(columns) == 2
     wants_types = is_pair and "token_type_ids" in getattr(tokenizer, "model_input_names", ())
-    tokenized = tokenizer(
-        list(columns[0]),
-        list(columns[1]) if is_pair else None,
-        truncation="longest_first",  # a pair loses tokens from its longer text first
-        max_length=max_length,
-        padding=False,
-        return_attention_mask=False,
-        return_token_type_ids=wants_types,
-    )
+    input_ids: list[list[int]] = []
+    token_type_ids: list[list[int]] = []
+    # in chunks: a fast tokenizer's batch output holds its Rust-side encodings (tokens, offsets, ...),
+    # about 6 KB an example, until the call returns; only the ids are kept
+    for start in range(0, len(split), _TOKENIZE_CHUNK):
+        end = start + _TOKENIZE_CHUNK
+        tokenized = tokenizer(
+            list(columns[0][start:end]),
+            list(columns[1][start:end]) if is_pair else None,
+            truncation="longest_first",  # a pair loses tokens from its longer text first
+            max_length=max_length,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=wants_types,
+        )
+        input_ids += tokenized["input_ids"]
+        if wants_types:
+            token_type_ids += tokenized["token_type_ids"]
     return Encoded(
-        input_ids=tokenized["input_ids"],
-        token_type_ids=tokenized["token_type_ids"] if wants_types else None,
+        input_ids=input_ids,
+        token_type_ids=token_type_ids if wants_types else None,
         labels=split.labels,
     )
 
