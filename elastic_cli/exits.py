@@ -100,6 +100,8 @@ class ExitRule(Generic[C]):
     temperature_scaling: ClassVar[bool] = False
     # what the threshold counts, when it counts something (patience: agreeing exits): 1, 2, ... only
     whole_thresholds: ClassVar[str] = ""
+    # its decision at an exit reads that exit's outputs alone (`history` is 1)
+    current_exit_only: ClassVar[bool] = False
     # the model shapes it decides for (Method.model_shape): the exits of one model, or a cascade's models
     model_shapes: ClassVar[tuple[str, ...]] = ("multi_exit", "cascade")
 
@@ -128,7 +130,7 @@ class ExitRule(Generic[C]):
     def history(self, threshold: float) -> int | None:
         """How many of the latest exits the decision at an exit reads (None: all of them so far). The
         adaptive path keeps only those (`DecisionWindow`), so its per-exit cost does not grow with depth."""
-        return None
+        return 1 if self.current_exit_only else None
 
     def inert_settings(self, num_exits: int) -> list[str]:
         """This rule's settings (its config, the threshold when one is set) that can never act on a model
@@ -160,15 +162,13 @@ class MaxProb(ExitRule[ExitRuleConfig]):
     """SWEET / Sledgehammer: exit at the first exit whose top softmax probability reaches tau."""
 
     temperature_scaling = True
+    current_exit_only = True
 
     def grid(
         self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
     ) -> torch.Tensor:
         # SWEET sweeps linspace(1/C, 1): 1/C exits everything at the first exit, 1 runs (nearly) all layers
         return torch.linspace(1.0 / num_classes, 1.0, size, dtype=torch.float64)
-
-    def history(self, threshold: float) -> int | None:
-        return 1  # the current exit's outputs alone
 
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         confidence = signals.logits.softmax(dim=-1).amax(dim=-1)
@@ -212,6 +212,7 @@ class Entropy(ExitRule[ExitRuleConfig]):
 
     threshold_range = (0.0, 20.0)
     larger_is_slower = False
+    current_exit_only = True
 
     def threshold_bounds(self, num_classes: int) -> tuple[float, float, str]:
         if num_classes < 2:
@@ -222,9 +223,6 @@ class Entropy(ExitRule[ExitRuleConfig]):
         self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
     ) -> torch.Tensor:
         return torch.linspace(0.0, math.log(max(num_classes, 2)), size, dtype=torch.float64)
-
-    def history(self, threshold: float) -> int | None:
-        return 1  # the current exit's outputs alone
 
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         entropy = _entropy(signals.logits)
@@ -240,9 +238,7 @@ class NormalisedEntropy(ExitRule[ExitRuleConfig]):
 
     threshold_range = (0.0, 1.0)
     larger_is_slower = False
-
-    def history(self, threshold: float) -> int | None:
-        return 1  # the current exit's outputs alone
+    current_exit_only = True
 
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         uncertainty = _normalised_entropy(signals.logits)
@@ -400,6 +396,7 @@ class LearnedToExit(ExitRule[ExitRuleConfig]):
     larger_is_slower = False
     regression = True
     needs_lte = True
+    current_exit_only = True
 
     def grid(
         self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
@@ -415,9 +412,6 @@ class LearnedToExit(ExitRule[ExitRuleConfig]):
         # all (`lte < threshold`: everything exits at the first exit) stays inside [0, 1]
         q = _quantiles_and_above(lte[:, :-1], size - len(fixed)).clamp(max=1.0)
         return torch.unique(torch.cat([fixed, q]))
-
-    def history(self, threshold: float) -> int | None:
-        return 1  # the current exit's outputs alone
 
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         if signals.lte is None:
@@ -436,6 +430,7 @@ class Energy(ExitRule[EnergyExitConfig]):
     TinyBERT on SST-2: t = 1.31), so calibration places its grid on the quantiles of s."""
 
     threshold_range = (-1e6, 1e6)
+    current_exit_only = True
 
     def __init__(self, cfg: ExitRuleConfig) -> None:
         super().__init__(cfg)
@@ -457,9 +452,6 @@ class Energy(ExitRule[EnergyExitConfig]):
         # logits' dtype, as `decide` computes them, so the lowest grid point is exactly the lowest score
         # (in float64 it could sit an ulp above it and send that example on)
         return _quantiles_and_above(self.score(signals.logits[:, :-1]), size)
-
-    def history(self, threshold: float) -> int | None:
-        return 1  # the current exit's outputs alone
 
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         s = self.score(signals.logits)

@@ -442,6 +442,13 @@ def test_registry():
     }
     assert {n for n, r in exits.RULES.items() if r.regression} == {"patience", "lte", "token_drop"}
     assert {n for n, r in exits.RULES.items() if r.needs_lte} == {"lte"}
+    assert {n for n, r in exits.RULES.items() if r.current_exit_only} == {
+        "maxprob",
+        "entropy",
+        "norm_entropy",
+        "lte",
+        "energy",
+    }
 
 
 def _contract_rules(name: str) -> list[exits.ExitRule]:
@@ -509,6 +516,8 @@ def test_the_adaptive_window_decides_as_the_whole_prefix(name):
                 if e % 3 == 2:  # compact as the adaptive path does
                     rows = rows[keep]
                     window.keep(keep)
+        if rule.current_exit_only:
+            assert rule.history(float(grid[0])) == 1
         # the window is bounded by what the rule reads, not the depth
         bound = max(rule.history(float(t)) or num_exits for t in grid.tolist())
         assert max(sizes) == min(bound, num_exits)
