@@ -456,6 +456,9 @@ def test_int8_evaluate_measures_itself_against_float32(trained: Path, tmp_path: 
     assert run["params.device.quantize"] == "int8"
     assert run["metrics.float32_task_metric"] == float_run["metrics.task_metric"]
     assert abs(run["metrics.task_metric"] - run["metrics.float32_task_metric"]) <= 0.1
+    # full depth: the last exit's score, the float32 run's own for the float32 model
+    assert run["metrics.full_depth_task_metric"] == run["metrics.exit_accuracy_L4"]
+    assert run["metrics.float32_full_depth_task_metric"] == float_run["metrics.exit_accuracy_L4"]
     m = {k[len("metrics.") :]: v for k, v in run.items() if k.startswith("metrics.")}
     assert m["latency_static_float32_mean_ms"] > 0
     assert m["latency_precision_speedup_mean"] == pytest.approx(
