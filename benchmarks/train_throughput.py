@@ -13,7 +13,6 @@ way (steps after the first). Variants run interleaved, their order rotated per r
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import subprocess
 import sys
@@ -25,15 +24,32 @@ import numpy as np
 import torch
 
 TARGET = 0.95  # elastic static / plain loop
+CONF = Path(__file__).resolve().parents[1] / "conf"
 METHODS = ("static", "early_exit", "sweet")
 FAMILY = {"minilm-l3": "bert", "minilm-l6": "bert", "mpnet-base": "mpnet"}
 
 
-def texts_and_labels(data: Path, n: int, seed: int) -> tuple[list[str], list[int]]:
-    with (data / "train.tsv").open() as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
-    pick = np.random.default_rng(seed).permutation(len(rows))[:n]
-    return [rows[i][0] for i in pick], [int(rows[i][1]) for i in pick]
+def texts_and_labels(data: Path, n: int, length: int) -> tuple[list[str], list[int]]:
+    """The training examples `elastic train` uses for these settings (its seeded subset of n), so the
+    plain loop sees the same sentences, and so the same lengths, as elastic's runs."""
+    from hydra import compose, initialize_config_dir
+
+    from elastic_cli.checks import to_root
+    from elastic_cli.data import load_task_data
+    from elastic_cli.plugins import register_configs
+
+    register_configs()
+    overrides = [
+        "task=sst2",
+        f"task.data_dir={data}",
+        f"task.max_train_samples={n}",
+        f"task.max_seq_length={length}",
+        "task.calibration_max_samples=64",
+    ]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = to_root(compose(config_name="train", overrides=overrides))
+    train = load_task_data(cfg.task, cfg.seed).train
+    return [texts[0] for texts in train.texts], [int(label) for label in train.labels]
 
 
 def plain_loop(model_dir: Path, data: Path, steps: int, batch: int, length: int) -> float:
@@ -48,7 +64,7 @@ def plain_loop(model_dir: Path, data: Path, steps: int, batch: int, length: int)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
     model.train()
-    texts, labels = texts_and_labels(data, steps * batch, seed=0)
+    texts, labels = texts_and_labels(data, steps * batch, length)
     no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
     decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
     optimizer = torch.optim.AdamW(
