@@ -17,8 +17,11 @@ M = TypeVar("M", bound=nn.Module)
 DTYPES = {Dtype.float32: torch.float32, Dtype.float16: torch.float16, Dtype.bfloat16: torch.bfloat16}
 
 
-def precision_name(cfg: DeviceConfig) -> str:
-    """'float32', 'float16', 'bfloat16' or 'int8': how the model runs (names caches and metrics)."""
+def precision_name(cfg: DeviceConfig | None) -> str:
+    """'float32', 'float16', 'bfloat16' or 'int8': how the model runs (names caches and metrics); None is a
+    model as saved, float32."""
+    if cfg is None:
+        return "float32"
     return "int8" if cfg.quantize == Quantize.int8 else str(cfg.dtype)
 
 

@@ -24,7 +24,7 @@ from elastic_cli.data.splits import Split
 from elastic_cli.errors import UserError
 from elastic_cli.models.cascade import Cascade, Member
 from elastic_cli.models.length_reducing import LengthReducingModel
-from elastic_cli.models.multi_exit import AdaptiveOutput
+from elastic_cli.models.multi_exit import AdaptiveOutput, MultiExitModel
 from elastic_cli.models.precision import for_inference, precision_name
 from elastic_cli.signals import ExitSignals
 from elastic_cli.stages.common import CachedOutputs, cached_outputs, cost_dims, exit_scores
@@ -184,13 +184,19 @@ class Subject(ABC):
         )
 
 
+def _load(
+    folder: Path, device: torch.device, precision: DeviceConfig | None
+) -> tuple[MultiExitModel, Any, checkpoint.CheckpointMeta]:
+    """One checkpoint's model, tokenizer and meta, the model in the precision asked for (None: float32)."""
+    model, tokenizer, meta = checkpoint.load(folder, device)
+    return (model if precision is None else for_inference(model, precision)), tokenizer, meta
+
+
 class MultiExitSubject(Subject):
     def __init__(self, folder: Path, device: torch.device, precision: DeviceConfig | None = None) -> None:
         self.folder = folder
-        self.model, self.tokenizer, self.meta = checkpoint.load(folder, device)
-        if precision is not None:
-            self.model = for_inference(self.model, precision)
-            self.precision = precision_name(precision)
+        self.model, self.tokenizer, self.meta = _load(folder, device, precision)
+        self.precision = precision_name(precision)
         self.num_labels = self.meta.num_labels
         self.exit_layers = list(self.meta.exit_layers)
         self.exit_names = [f"L{k}" for k in self.exit_layers]
@@ -253,14 +259,11 @@ class CascadeSubject(Subject):
     def __init__(self, folder: Path, device: torch.device, precision: DeviceConfig | None = None) -> None:
         self.folder = folder
         self.meta = checkpoint.CascadeMeta.load(folder)
-        if precision is not None:
-            self.precision = precision_name(precision)
+        self.precision = precision_name(precision)
         members = []
         for entry in self.meta.members:
             member_folder = entry.path(folder)
-            model, tokenizer, meta = checkpoint.load(member_folder, device)
-            if precision is not None:
-                model = for_inference(model, precision)
+            model, tokenizer, meta = _load(member_folder, device, precision)
             members.append(Member(entry.name, model, tokenizer, meta.max_seq_length, member_folder))
         self.cascade = Cascade(members)
         self.num_labels = self.cascade.num_labels
