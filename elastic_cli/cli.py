@@ -21,6 +21,7 @@ from typing import NoReturn
 import hydra
 from omegaconf import DictConfig
 
+from elastic_cli import launchers
 from elastic_cli.errors import UserError, fail
 
 STAGES = {
@@ -55,6 +56,11 @@ def _run_stage(stage: str, cfg: DictConfig) -> float | None:
         return module.run(root, cfg)
     except _user_errors() as err:
         last_line = f"error: {err}"
+        if launchers.job_in_own_process():
+            # the error goes back to the launching process, which waits for the other jobs, ends the
+            # sweep's parent FAILED and says it in one line (this job's log has it too): an exit here
+            # would only kill the worker, and joblib the other jobs with it
+            raise
         fail(err)
     except BaseException as err:
         last_line = f"stopped: {type(err).__name__}: {err}".rstrip(": ")
@@ -264,6 +270,13 @@ def main(argv: list[str] | None = None) -> None:
     # `--cfg job` and the like only compose and print: the package's own plug-ins (torch) are imported
     # only when the composition names one of their schemas (_show, below)
     shows_only = any(arg in _SHOW_FLAGS for arg in args)
+    if shows_only and ("-m" in args or "--multirun" in args):  # Hydra's own message is a traceback
+        print(
+            "error: --cfg and --info show one run's config, not a multirun's: drop -m and give one "
+            "value per swept key (e.g. method.exit.threshold=0.5 hydra/launcher=slurm --cfg hydra)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     try:
         plugin_conf = register_configs(own=stage in MODEL_STAGES and not shows_only)
     except UserError as err:
@@ -277,6 +290,8 @@ def main(argv: list[str] | None = None) -> None:
         _show(stage) if shows_only else MAINS[stage]()
     except _user_errors() as err:
         fail(err)
+    except launchers.job_crashes() as err:  # a job killed outside elastic (its memory, its time limit)
+        fail(launchers.crashed_job_error(err))
     except Terminated:
         _stopped("terminated by SIGTERM", 128 + signal.SIGTERM)
     except KeyboardInterrupt:

@@ -264,6 +264,9 @@ class TrackingConfig:
     # where the printed run links point: null: the tracking server itself, else `mlflow ui`'s
     # http://127.0.0.1:5000 (set it when the UI runs elsewhere, e.g. mlflow ui --port 8080)
     ui_url: str | None = None
+    # the MLflow run this stage's run is a child of: set by the sweep callback for every job of a
+    # multirun (it travels in the job's config, to jobs on other nodes too); null: a top-level run
+    parent_run_id: str | None = None
 
 
 @dataclass
@@ -311,6 +314,9 @@ class ReportRootConfig:
 def register_configs() -> None:
     """The root schema and the bases of the groups; plug-ins store their own schemas as they register
     (elastic_cli/registry.py), and elastic_cli/plugins.py imports them all."""
+    from elastic_cli.launchers import register_resolvers
+
+    register_resolvers()  # the launcher configs' own (conf/hydra/launcher/)
     cs = ConfigStore.instance()
     cs.store(name="schema_root", node=RootConfig)
     cs.store(name="schema_report", node=ReportRootConfig)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SWEEP_KEYS_TAG = "elastic.sweep_keys"
+FAILED_CHILDREN_TAG = "elastic.failed_children"  # on the parent: the children that did not finish
 # per-layer series (step = layer): their "latest" value is the last layer's count, not a run summary
 SERIES_SUFFIXES = ("exit_count",)
 # the Pareto figure's axes: the FLOPs speed-up, and the children's task metric (`headline_metric`;
@@ -82,6 +83,7 @@ class MlflowSweepCallback(Callback):
                 "MLflow sweep parent run not created (%s): the jobs are logged as top-level runs", err
             )
             return
+        pass_parent_to_jobs(config, self.parent.run_id)
         # A job that raises or exits aborts the sweep before on_multirun_end: end the parent anyway.
         atexit.register(self._end_at_exit)
 
@@ -182,6 +184,22 @@ def start_sweep_parent(config: DictConfig) -> SweepParent:
     (sweep_dir / tracking.PARENT_RUN_FILE).write_text(run_id + "\n", encoding="utf-8")
     ui_url = OmegaConf.select(config, "tracking.ui_url", default=None)
     return SweepParent(uri=uri, run_id=run_id, sweep_dir=sweep_dir, ui_url=ui_url)
+
+
+PARENT_KEY = "tracking.parent_run_id"
+
+
+def pass_parent_to_jobs(config: DictConfig, run_id: str) -> None:
+    """Every job's config gets `tracking.parent_run_id=<run_id>`: the sweeper builds the jobs from the
+    command line's overrides, read after this callback, so the id travels inside each job's config (to a
+    Slurm job on another node as well) rather than only in the sweep folder's file."""
+    from omegaconf import read_write
+
+    overrides = config.hydra.overrides.task
+    with read_write(overrides):
+        kept = [o for o in overrides if not str(o).lstrip("+~").startswith(f"{PARENT_KEY}=")]
+        overrides.clear()  # (a parent id given on the command line is this sweep's no more)
+        overrides.extend([*kept, f"{PARENT_KEY}={run_id}"])
 
 
 def sweep_overrides(config: DictConfig) -> list[str]:
@@ -309,6 +327,8 @@ def finish_sweep_parent(
     client = MlflowClient(parent.uri)
     parent_run = with_retry(client.get_run, parent.run_id)
     children = with_retry(child_runs, client, parent.run_id)
+    if not killed and end_vanished_children(client, children):  # (on a signal the jobs may live on)
+        children = with_retry(child_runs, client, parent.run_id)
     keys = [k for k in parent_run.data.tags.get(SWEEP_KEYS_TAG, "").split(",") if k]
     sweep = summarize(children, keys)
     # the failed or killed children are counted (failed_children) and named, never mixed into the table
@@ -336,6 +356,10 @@ def finish_sweep_parent(
             figure.savefig(written[-1])
     with_retry(client.log_batch, parent.run_id, metrics=_metric_entities(sweep.numbers))
     failed = sweep.numbers["failed_children"]
+    if failed:  # named on the parent, whatever printed them
+        bad = sweep.table[sweep.table["status"] != "FINISHED"]
+        names = ", ".join(f"{r.run_name} ({r.status}, {r.run_id})" for r in bad.itertuples())
+        with_retry(client.set_tag, parent.run_id, FAILED_CHILDREN_TAG, names[:5000])
     ok = not force_failed and not killed and len(sweep.table) > 0 and failed == 0
     status = "KILLED" if killed else "FINISHED" if ok else "FAILED"
     with_retry(client.set_terminated, parent.run_id, status=status)
@@ -343,6 +367,23 @@ def finish_sweep_parent(
     if not (killed or force_failed):
         print_summary(sweep, finished, parent, parent_run.info.experiment_id, status, written)
     return finished
+
+
+def end_vanished_children(client: MlflowClient, children: list[Any]) -> list[str]:
+    """Mark FAILED the children still RUNNING whose process is gone (a job killed by SIGKILL, or by
+    Slurm for its time or memory: it could not end its own run). Returns their ids."""
+    from elastic_cli import tracking
+
+    gone = [
+        run.info.run_id
+        for run in children
+        if run.info.status == "RUNNING" and tracking.process_gone(run.data.tags)
+    ]
+    for run_id in gone:
+        tracking.with_retry(client.set_terminated, run_id, status="FAILED")
+    if gone:
+        log.warning("marked FAILED %d child run(s) whose job is gone: %s", len(gone), ", ".join(gone))
+    return gone
 
 
 def _write_local(path: Path, text: str) -> Path:
@@ -458,7 +499,7 @@ def headline_metric(children: list[Any]) -> str:
 
 def child_runs(client: MlflowClient, parent_id: str) -> list[Any]:
     """Runs tagged as children of `parent_id` in any experiment (a sweep over tasks spans experiments),
-    oldest first."""
+    in the sweep's job order."""
     from mlflow.entities import ViewType
 
     experiment_ids: list[str] = []
@@ -484,7 +525,15 @@ def child_runs(client: MlflowClient, parent_id: str) -> list[Any]:
         token = found.token
         if not token:
             break
-    return sorted(runs, key=lambda run: run.info.start_time or 0)
+    return sorted(runs, key=_job_order)
+
+
+def _job_order(run: Any) -> tuple[int, int]:
+    """The sweep's job order (parallel jobs start in any order), then the start time."""
+    from elastic_cli.tracking import JOB_TAG
+
+    job = run.data.tags.get(JOB_TAG, "")
+    return (int(job) if job.isdigit() else -1, run.info.start_time or 0)
 
 
 def summary_table(children: list[Any], sweep_keys: list[str]) -> tuple[pd.DataFrame, list[str]]:

@@ -2,7 +2,7 @@
 
 One experiment per task (`tracking.experiment` overrides the name); method, backbone and stage are
 params and tags. Inside a Hydra multirun the run is a child of the sweep's parent run, whose id the
-sweep callback (elastic_cli.hydra_callbacks) writes into the sweep folder. `import mlflow` costs about a
+sweep callback (elastic_cli.hydra_callbacks) puts in every job's config (`tracking.parent_run_id`). `import mlflow` costs about a
 second, so it happens inside the functions, never when this module is imported.
 
 A run never stays RUNNING by accident: it ends FINISHED, FAILED (an error) or KILLED (Ctrl-C, or SIGTERM,
@@ -19,8 +19,10 @@ import json
 import logging
 import os
 import random
+import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -48,6 +50,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PARENT_RUN_FILE = "mlflow_parent_run_id"  # written into the sweep folder by the sweep callback
+JOB_TAG = "elastic.sweep_job"  # a sweep child's job number
+SLURM_JOB_TAG = "elastic.slurm_job"  # the Slurm job a run ran in
+THREADS_TAG = "elastic.torch_threads"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 REACHABLE_TIMEOUT_S = 3.0
 CHECKPOINT_TAG, PID_TAG, HOST_TAG = "elastic.checkpoint", "elastic.pid", "elastic.host"
@@ -120,9 +125,47 @@ def _check_server(uri: str) -> None:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=REACHABLE_TIMEOUT_S):
             pass
     except urllib.error.HTTPError:
-        return  # it answered (maybe 401 or 404 behind a proxy): reachable
+        pass  # it answered (a proxy may have no /health): whether it takes our calls is next
     except (urllib.error.URLError, OSError) as err:
         raise unreachable from err
+    # one real API call, with the credentials MLflow would send: a server that refuses them would
+    # otherwise stop the stage later, after its model and data were loaded, with MLflow's traceback
+    query = urllib.request.Request(
+        uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1", headers=_auth_headers()
+    )
+    try:
+        with urllib.request.urlopen(query, timeout=REACHABLE_TIMEOUT_S):
+            pass
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            raise UserError(
+                f"MLflow tracking server {uri} refuses elastic's calls (HTTP {err.code}): set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN"
+            ) from None
+        if err.code == 404:
+            raise UserError(
+                f"{uri} answers, but not as an MLflow tracking server (HTTP 404 on its REST API): check "
+                "MLFLOW_TRACKING_URI / tracking.uri"
+            ) from None
+        raise UserError(
+            f"MLflow tracking server {uri} answers HTTP {err.code} ({err.reason}): check the server's log"
+        ) from None
+    except (urllib.error.URLError, OSError) as err:
+        raise unreachable from err
+
+
+def _auth_headers() -> dict[str, str]:
+    """The Authorization header MLflow's client sends, from its environment variables."""
+    import base64
+
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {basic}"}
+    return {}
 
 
 def _check_sqlite(uri: str) -> None:
@@ -420,7 +463,20 @@ def stage_tags(cfg: RootConfig | ReportRootConfig) -> dict[str, str]:
     commit = git_commit()
     if commit:
         tags["elastic.git_commit"] = commit
+    job = sweep_job_number()
+    if job is not None:  # the sweep's summary lists its children in job order, however they ran
+        tags[JOB_TAG] = str(job)
     return tags
+
+
+def sweep_job_number() -> int | None:
+    """This job's number in its Hydra multirun (0, 1, ... in the sweep's order), else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return int(HydraConfig.get().job.num)
 
 
 # --- the sweep parent ----------------------------------------------------------------------------------
@@ -532,7 +588,7 @@ def stage_run(
                 mlflow.start_run,
                 experiment_id=experiment_id,
                 run_name=run_name or _default_run_name(cfg),
-                parent_run_id=_parent_id(client, uri),
+                parent_run_id=_parent_id(client, uri, cfg.tracking.parent_run_id),
                 tags=tags,
             )
         _active = _ActiveRun(client, run.info.run_id, run.info.experiment_id, uri)
@@ -612,7 +668,38 @@ def process_tags(checkpoint: str | None) -> dict[str, str]:
     tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
     if checkpoint is not None:
         tags[CHECKPOINT_TAG] = checkpoint
+    torch = sys.modules.get("torch")  # (not imported for it: a report needs no torch)
+    if torch is not None:  # the threads it ran with: a sweep's jobs share the machine (elastic_cli.launchers)
+        tags[THREADS_TAG] = str(torch.get_num_threads())
+    slurm_job = os.environ.get("SLURM_JOB_ID")
+    if slurm_job:  # an array task's own id: <array job>_<task>, as squeue names it
+        array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+        tags[SLURM_JOB_TAG] = f"{array_job}_{task}" if array_job and task else slurm_job
     return tags
+
+
+def process_gone(tags: dict[str, str]) -> bool:
+    """Whether the process that runs a run with these tags is known to be gone: a dead pid on this host,
+    or a Slurm job the queue no longer holds (killed by its time or memory limit: it could not end its
+    run). Unknown (another host, no Slurm tag, squeue not answering) is not gone."""
+    pid = _pid(tags.get(PID_TAG))
+    if tags.get(HOST_TAG) == socket.gethostname() and pid is not None:
+        return not pid_alive(pid)
+    job = tags.get(SLURM_JOB_TAG)
+    if not job or shutil.which("squeue") is None:
+        return False
+    try:
+        out = subprocess.run(
+            ["squeue", "--noheader", "--jobs", job, "--format", "%T"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    if out.returncode != 0:  # squeue refuses a job id it has forgotten: gone, unless it is down
+        return "Invalid job id" in out.stderr
+    return not out.stdout.strip()
 
 
 def end_stale_runs(client: MlflowClient, experiment_id: str, checkpoint: str) -> list[str]:
@@ -661,11 +748,12 @@ def _pid(text: str | None) -> int | None:
     return pid if pid > 0 else None
 
 
-def _parent_id(client: MlflowClient, uri: str) -> str | None:
-    sweep_dir = current_sweep_dir()
-    parent_id = parent_run_id(sweep_dir) if sweep_dir is not None else None
+def _parent_id(client: MlflowClient, uri: str, configured: str | None) -> str | None:
+    """The run's parent: the config's `tracking.parent_run_id`, which the sweep callback sets in every
+    job's config, if the store holds it."""
+    parent_id = configured
     if parent_id is not None and not with_retry(_run_exists, client, parent_id):
-        log.warning("sweep parent run %s is not in %s: logging a top-level run", parent_id, uri)
+        log.warning("parent run %s is not in %s: logging a top-level run", parent_id, uri)
         return None
     return parent_id
 

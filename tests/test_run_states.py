@@ -212,8 +212,8 @@ def test_interrupted_sweep_parent_ends_killed(store: Path, tmp_path: Path, monke
     )
     callback = hydra_callbacks.MlflowSweepCallback()
     callback.on_multirun_start(config)
-    monkeypatch.setattr(tracking, "current_sweep_dir", lambda: sweep_dir)
-    cfg, raw = make_config(store, task)
+    [parent] = [o for o in config.hydra.overrides.task if o.startswith("tracking.parent_run_id=")]
+    cfg, raw = make_config(store, task, tracking={"parent_run_id": parent.split("=", 1)[1]})
     with pytest.raises(cli.Terminated), tracking.stage_run(cfg, raw, checkpoint=tmp_path):
         raise cli.Terminated
     monkeypatch.setattr(hydra_callbacks, "_interrupted", False)
@@ -225,6 +225,72 @@ def test_interrupted_sweep_parent_ends_killed(store: Path, tmp_path: Path, monke
     assert parent.info.status == "KILLED" and child.info.status == "KILLED"
     parent = client_for(store).get_run(parent_id)
     assert parent.data.metrics["children"] == 1 and parent.data.metrics["failed_children"] == 1
+
+
+def test_sweep_end_fails_children_whose_job_vanished(store: Path, tmp_path: Path):
+    """A job killed by SIGKILL (or by Slurm for its memory) cannot end its run: the parent's end marks it
+    FAILED when its process is known gone, leaves a live or unknown one RUNNING, and names the failed."""
+    task, sweep_dir = "sweep_vanished_task", tmp_path / "multirun"
+    _, raw = make_config(store, task)
+    config = OmegaConf.merge(
+        OmegaConf.to_container(raw),
+        {"hydra": {"sweep": {"dir": str(sweep_dir)}, "overrides": {"task": ["seed=1,2,3"]}}},
+    )
+    callback = hydra_callbacks.MlflowSweepCallback()
+    callback.on_multirun_start(config)
+    parent_id = tracking.parent_run_id(sweep_dir)
+    cfg, raw = make_config(store, task, tracking={"parent_run_id": parent_id})
+    with tracking.stage_run(cfg, raw, run_name="job 0"):
+        pass
+    client = client_for(store)
+    experiment_id = client.get_experiment_by_name(task).experiment_id
+
+    def forged_child(name: str, pid: int, host: str) -> str:
+        tags = {"mlflow.parentRunId": parent_id, tracking.PID_TAG: str(pid), tracking.HOST_TAG: host}
+        return client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
+
+    vanished = forged_child("job 1", dead_pid(), socket.gethostname())
+    elsewhere = forged_child("job 2", dead_pid(), "another-node")  # cannot be seen from here
+    callback.on_multirun_end(config)
+    assert client.get_run(vanished).info.status == "FAILED"
+    assert client.get_run(elsewhere).info.status == "RUNNING"
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FAILED" and parent.data.metrics["failed_children"] == 2
+    named = parent.data.tags[hydra_callbacks.FAILED_CHILDREN_TAG]
+    assert f"job 1 (FAILED, {vanished})" in named and f"job 2 (RUNNING, {elsewhere})" in named
+    assert "job 0" not in named
+
+
+@pytest.mark.parametrize(
+    "queue,gone",
+    [
+        ("printf 'RUNNING\\n'", False),  # still in the queue
+        ("exit 0", True),  # no longer listed
+        ("echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1", True),  # forgotten
+        ("echo 'slurm_load_jobs error: Unable to contact slurm controller' >&2; exit 1", False),
+    ],
+)
+def test_a_slurm_job_is_gone_when_the_queue_no_longer_holds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, queue: str, gone: bool
+):
+    squeue = tmp_path / "squeue"
+    squeue.write_text(f'#!/bin/sh\n[ "$3" = 77_3 ] || exit 9\n{queue}\n')
+    squeue.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    tags = {tracking.HOST_TAG: "another-node", tracking.PID_TAG: "12", tracking.SLURM_JOB_TAG: "77_3"}
+    assert tracking.process_gone(tags) is gone
+    # a run of this host is judged by its pid, a run with neither by nothing
+    assert tracking.process_gone({tracking.HOST_TAG: socket.gethostname(), tracking.PID_TAG: str(dead_pid())})
+    assert not tracking.process_gone({tracking.HOST_TAG: "another-node", tracking.PID_TAG: "12"})
+
+
+def test_a_slurm_array_task_tags_its_run(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "81")
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert tracking.process_tags(None)[tracking.SLURM_JOB_TAG] == "77_3"
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID")
+    assert tracking.process_tags(None)[tracking.SLURM_JOB_TAG] == "81"
 
 
 # --- a damaged store, a bad outputs folder: one line ----------------------------------------------------

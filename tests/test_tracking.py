@@ -189,17 +189,21 @@ def sweep_config(store: Path, task: str, sweep_dir: Path) -> DictConfig:
     return merged
 
 
-def run_child(store: Path, task: str, threshold: float, accuracy: float, speedup: float) -> str:
-    cfg, raw = make_config(store, task, method={"exit": {"threshold": threshold}})
+def job_overrides(config: DictConfig) -> dict:
+    """The config a job of this multirun gets from the overrides the callback left (the parent's id)."""
+    [parent] = [o for o in config.hydra.overrides.task if o.startswith("tracking.parent_run_id=")]
+    return {"tracking": {"parent_run_id": parent.split("=", 1)[1]}}
+
+
+def run_child(store: Path, task: str, threshold: float, accuracy: float, speedup: float, job: dict) -> str:
+    cfg, raw = make_config(store, task, method={"exit": {"threshold": threshold}}, **job)
     with tracking.stage_run(cfg, raw) as run:
         tracking.log_metrics({"accuracy": accuracy, "flops_speedup": speedup})
         tracking.log_exit_histogram([3, 1], [1, 2])
     return run.info.run_id
 
 
-def test_sweep_parent_gets_children_summary_and_pareto(
-    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
+def test_sweep_parent_gets_children_summary_and_pareto(store: Path, tmp_path: Path):
     task, sweep_dir = "sweep_task", tmp_path / "multirun"
     callback = hydra_callbacks.MlflowSweepCallback()
     config = sweep_config(store, task, sweep_dir)
@@ -207,9 +211,12 @@ def test_sweep_parent_gets_children_summary_and_pareto(
     parent_id = tracking.parent_run_id(sweep_dir)
     assert parent_id is not None
     assert not tracking.active()  # the parent is never the job process's active run
+    # its id travels in every job's config (to jobs on other nodes too), not only in the sweep folder
+    job = job_overrides(config)
+    assert job["tracking"]["parent_run_id"] == parent_id
+    assert list(config.hydra.overrides.task)[:2] == ["method.exit.threshold=0.5,0.9", "seed=1"]
 
-    monkeypatch.setattr(tracking, "current_sweep_dir", lambda: sweep_dir)
-    child_ids = [run_child(store, task, 0.5, 0.80, 2.5), run_child(store, task, 0.9, 0.86, 1.5)]
+    child_ids = [run_child(store, task, 0.5, 0.80, 2.5, job), run_child(store, task, 0.9, 0.86, 1.5, job)]
     callback.on_multirun_end(config)
 
     client = client_for(store)
@@ -243,16 +250,14 @@ def test_sweep_parent_gets_children_summary_and_pareto(
     assert parent.data.tags["elastic.best_accuracy_run_id"] == child_ids[1]
 
 
-def test_sweep_parent_fails_when_a_child_fails_or_none_ran(
-    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
+def test_sweep_parent_fails_when_a_child_fails_or_none_ran(store: Path, tmp_path: Path):
     task = "sweep_failing_task"
     callback = hydra_callbacks.MlflowSweepCallback()
     config = sweep_config(store, task, tmp_path / "one")
     callback.on_multirun_start(config)
-    monkeypatch.setattr(tracking, "current_sweep_dir", lambda: tmp_path / "one")
-    run_child(store, task, 0.5, 0.8, 2.0)
-    cfg, raw = make_config(store, task)
+    job = job_overrides(config)
+    run_child(store, task, 0.5, 0.8, 2.0, job)
+    cfg, raw = make_config(store, task, **job)
     with pytest.raises(RuntimeError), tracking.stage_run(cfg, raw):
         raise RuntimeError("a job crashed")
     callback.on_multirun_end(config)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from elastic_cli import files
+from elastic_cli import files, launchers
 from elastic_cli.config import DeviceConfig, RootConfig
 from elastic_cli.cost import EncoderDims
 from elastic_cli.data import Encoded, batches
@@ -30,8 +30,9 @@ def seed_everything(seed: int) -> None:
 
 
 def setup_device(cfg: DeviceConfig) -> torch.device:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    threads = cfg.threads or launchers.job_threads()  # a sweep's jobs share the machine's cores
+    if threads:
+        torch.set_num_threads(threads)
     if cfg.name == "cuda" and not torch.cuda.is_available():
         raise UserError("device=cuda but no CUDA device is visible: use device=cpu")
     if cfg.name == "mps" and not torch.backends.mps.is_available():

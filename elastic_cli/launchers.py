@@ -1,0 +1,83 @@
+"""What elastic adds to Hydra's launchers (conf/hydra/launcher/: slurm, local_jobs; and the joblib
+plug-in's own `joblib`): the GPUs a Slurm job asks for, and the torch threads of a job that shares the
+machine with the sweep's other jobs. The jobs themselves are Hydra's and submitit's business."""
+
+from __future__ import annotations
+
+import os
+
+from omegaconf import OmegaConf
+
+from elastic_cli.errors import UserError
+
+
+def gpus_for(device: str) -> int | None:
+    """conf/hydra/launcher/slurm.yaml's default gpus_per_node: one GPU for a device=cuda job, none else."""
+    return 1 if device == "cuda" else None
+
+
+def register_resolvers() -> None:
+    OmegaConf.register_new_resolver("elastic_gpus", gpus_for, replace=True)
+
+
+def job_threads() -> int | None:
+    """torch threads for this job when its launcher says how many it may use: cpus_per_task under
+    submitit (Slurm's allocation, or local_jobs' share); under joblib, the cores divided among the jobs
+    that run at once, so that jobs x threads fits the machine. None: leave torch's default."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    launcher = HydraConfig.get().launcher
+    target = str(launcher.get("_target_", ""))
+    if "submitit" in target:
+        cpus = launcher.get("cpus_per_task")
+        return int(cpus) if cpus else None
+    if "joblib" in target:
+        cores = os.cpu_count() or 1
+        n_jobs = int(launcher.get("n_jobs") or -1)
+        at_once = n_jobs if n_jobs > 0 else cores + 1 + n_jobs  # joblib's -1: all cores, -2: all but one
+        return max(1, cores // max(1, min(at_once, cores)))
+    return None
+
+
+def job_in_own_process() -> bool:
+    """Whether this multirun job runs in a process of its own (joblib, submitit), where exiting on an
+    error would only kill the worker: Hydra's basic launcher runs the jobs in the launching process."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return False
+    target = str(HydraConfig.get().launcher.get("_target_", ""))
+    return not target.endswith("BasicLauncher")
+
+
+def job_crashes() -> tuple[type[BaseException], ...]:
+    """The errors a launcher raises for a job that died without a word (killed by the system, by Slurm
+    for its time or memory, a lost node): submitit's and joblib's, when installed."""
+    found: list[type[BaseException]] = []
+    try:
+        from submitit.core.utils import FailedJobError, UncompletedJobError
+
+        found += [FailedJobError, UncompletedJobError]
+    except ImportError:
+        pass
+    try:
+        from joblib.externals.loky.process_executor import TerminatedWorkerError
+
+        found.append(TerminatedWorkerError)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+def crashed_job_error(err: BaseException) -> UserError:
+    """One line for a crashed job: what the launcher says first, and where the job's own log is."""
+    import re
+
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else type(err).__name__
+    log = re.search(r"(/\S+_log\.err)", text)
+    where = f"; its log: {log.group(1)}" if log else ""
+    return UserError(f"a sweep job died outside elastic ({first.rstrip(':. ')}){where}")
