@@ -74,6 +74,10 @@ def test_training_then_threshold_sweeps_on_slurm(tmp_path: Path):
     assert parent.info.status == "FINISHED" and len(children) == 4
     assert [c.data.params["exit.threshold"] for c in children] == ["0.5", "0.7", "0.9", "0.99"]
     assert all(c.info.status == "FINISHED" for c in children)
-    assert all(c.data.params["tracking.parent_run_id"] == parent.info.run_id for c in children)
+    # the parent's id reached every job in its config, as Slurm ran it
+    configs = sorted((tmp_path / "outputs" / "multiruns").glob("*_evaluate_*/[0-9]/.hydra/config.yaml"))
+    assert len(configs) == 4
+    assert all(f"parent_run_id: {parent.info.run_id}" in c.read_text() for c in configs)
+    assert len({c.data.tags[tracking.SLURM_JOB_TAG] for c in children}) == 4
     assert "sweep: 4 finished runs" in proc.stderr
     print(f"slurm jobs: {jobs} + {[c.data.tags[tracking.SLURM_JOB_TAG] for c in children]}")

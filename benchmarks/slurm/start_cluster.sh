@@ -382,7 +382,7 @@ if [ "${ELASTIC_SLURM_SKIP_CHECKS:-0}" != 1 ]; then
     say "check 3: sbatch --array=0-3 --mem=1G --cpus-per-task=1 --time=5 --wrap ..."
     id="$(sbatch --parsable -p "$PARTITION" --array=0-3 --mem=1G --cpus-per-task=1 --time=5 \
         -J elastic-array -o "$JOBS/array-%A_%a.out" \
-        --wrap 'echo "task $SLURM_ARRAY_TASK_ID of $SLURM_ARRAY_JOB_ID"')"
+        --wrap 'echo "task $SLURM_ARRAY_TASK_ID of array $SLURM_ARRAY_JOB_ID"')"
     st="$(wait_job "$id")" || die "array job $id ended $st"
     say "  -> array $id $st: $(cat "$JOBS"/array-"$id"_*.out | tr '\n' ';')"
 
