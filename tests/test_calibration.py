@@ -198,11 +198,24 @@ def test_threshold_curve_is_fast():
     dims = EncoderDims(num_layers=12, hidden=768, intermediate=3072, heads=12, num_labels=3)
     n_tokens = np.full(10_000, 128)
     args = (MAXPROB, signals, labels, list(range(1, 13)), MAXPROB.grid(3, 12, 100).tolist(), torch.ones(12))
-    threshold_curve(*args, n_tokens, dims)  # warm-up
-    start = time.perf_counter()
-    curve = threshold_curve(*args, n_tokens, dims)
-    assert time.perf_counter() - start < 1.0
-    assert len(curve) == 100
+    thresholds = args[4]
+
+    def one_pass_per_threshold() -> None:  # what the curve replaces: a simulation per threshold
+        for t in thresholds:
+            exits.simulate(MAXPROB, signals, t)
+
+    def curve_once() -> object:
+        return threshold_curve(*args, n_tokens, dims)
+
+    # ratios against that baseline, interleaved and the best of three: other work on the machine slows both
+    curve_s, baseline_s = [], []
+    for _ in range(3):
+        for fn, times in ((curve_once, curve_s), (one_pass_per_threshold, baseline_s)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    assert min(curve_s) < 0.5 * min(baseline_s), (curve_s, baseline_s)
+    assert len(curve_once()) == 100
 
 
 def test_threshold_curve_refuses_mismatched_inputs():
