@@ -213,6 +213,10 @@ class DeviceConfig:
     threads: int | None = None  # torch.set_num_threads; null: leave torch's default
     eval_batch_size: int = 64
     throughput_batch_size: int = 32
+    # `elastic train` with DistributedDataParallel over the processes of its launcher: srun with one task per
+    # GPU needs it; torchrun's processes train together whatever it says (elastic_cli/distributed.py)
+    distributed: bool = False
+    distributed_timeout: int = 600  # seconds a rank waits in a collective for the others before it fails
 
 
 @dataclass
@@ -355,6 +359,7 @@ RANGES: tuple[tuple[str, Bound, str], ...] = (
     ("device.threads", at_least(1), "torch's CPU threads; null: torch's default"),
     ("device.eval_batch_size", at_least(1), "examples per evaluation batch"),
     ("device.throughput_batch_size", at_least(1), "examples per throughput batch"),
+    ("device.distributed_timeout", at_least(1), "seconds a rank waits for the others in a collective"),
     ("calibrate.tolerance", NON_NEGATIVE, "the accuracy a threshold may lose"),
     ("calibrate.speedup", at_least(1), "the speed-up the threshold must reach"),
     ("calibrate.super_fraction", UNIT, "the fraction of examples the last exit may get"),

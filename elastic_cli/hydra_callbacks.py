@@ -72,7 +72,7 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _check_outputs(config)
-        if not tracking_enabled(config):
+        if not tracking_enabled(config) or not _main_process():
             return
         try:
             self.parent = start_sweep_parent(config)
@@ -109,6 +109,14 @@ class MlflowSweepCallback(Callback):
         except BaseException:  # Ctrl-C or SIGTERM while the summary is written
             _terminate_quietly(parent, "KILLED")
             raise
+
+
+def _main_process() -> bool:
+    """False in the other processes of a multirun launched by torchrun: rank 0 alone opens and closes the
+    parent, as it alone logs the jobs (elastic_cli/distributed.py)."""
+    import os
+
+    return os.environ.get("RANK", "0") in ("", "0")
 
 
 def _check_outputs(config: DictConfig) -> None:

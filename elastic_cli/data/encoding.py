@@ -74,6 +74,9 @@ class Batch:
     token_type_ids: torch.Tensor | None
     labels: torch.Tensor
     index: torch.Tensor  # row numbers in the split
+    # this batch's weight in the averaging of gradients over processes (distributed training): its rows times
+    # the number of processes over the rows of the global batch it is a part of; 1 for a whole batch
+    share: float = 1.0
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
@@ -82,6 +85,7 @@ class Batch:
             token_type_ids=None if self.token_type_ids is None else self.token_type_ids.to(device),
             labels=self.labels.to(device),
             index=self.index.to(device),
+            share=self.share,
         )
 
     def __len__(self) -> int:
@@ -96,10 +100,13 @@ def batches(
     shuffle: bool = False,
     seed: int = 0,
     indices: Sequence[int] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[Batch]:
     """Batches of `enc`'s rows (all of them, or `indices` in that order), each padded to its longest row.
 
-    With `shuffle`, the row order is a permutation drawn from a torch.Generator seeded by `seed`."""
+    With `shuffle`, the row order is a permutation drawn from a torch.Generator seeded by `seed`. With
+    `shard` = (rank, processes), each batch of `batch_size` rows is split across the processes and this
+    yields process `rank`'s part (see `shard_rows`): together they walk the batches one process walks."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     order = torch.arange(len(enc)) if indices is None else torch.as_tensor(list(indices), dtype=torch.long)
@@ -109,6 +116,9 @@ def batches(
     labels = torch.from_numpy(np.ascontiguousarray(enc.labels))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
+        share = 1.0
+        if shard is not None:
+            rows, share = shard_rows(rows, *shard)
         row_list = rows.tolist()
         input_ids, attention_mask = _pad([enc.input_ids[i] for i in row_list], pad_id)
         token_type_ids = None
@@ -120,7 +130,18 @@ def batches(
             token_type_ids=token_type_ids,
             labels=labels[rows],
             index=rows.clone(),
+            share=share,
         )
+
+
+def shard_rows(rows: torch.Tensor, rank: int, processes: int) -> tuple[torch.Tensor, float]:
+    """Process `rank`'s part of a batch's rows (contiguous parts whose sizes differ by one at most) and its
+    share, n_rank * processes / n. A process left without a row (a last batch smaller than the number of
+    processes) takes the batch's first row at share 0: every process must join each step's averaging."""
+    part = torch.tensor_split(rows, processes)[rank]
+    if len(part) == 0:
+        return rows[:1], 0.0
+    return part, len(part) * processes / len(rows)
 
 
 def _pad(rows: list[list[int]], pad_value: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from elastic_cli import files, launchers
+from elastic_cli import distributed, files, launchers
 from elastic_cli.config import DeviceConfig, RootConfig
 from elastic_cli.cost import EncoderDims
 from elastic_cli.data import Encoded, batches
@@ -37,21 +37,43 @@ def setup_device(cfg: DeviceConfig) -> torch.device:
         raise UserError("device=cuda but no CUDA device is visible: use device=cpu")
     if cfg.name == "mps" and not torch.backends.mps.is_available():
         raise UserError("device=mps but MPS is not available: use device=cpu")
+    if distributed.active():
+        # each process of a node on its own GPU: the one of its local rank
+        return (
+            torch.device("cuda", distributed.local_rank()) if cfg.name == "cuda" else torch.device(cfg.name)
+        )
+    if distributed.wanted(cfg):  # the other stages would run N copies writing the same files
+        raise UserError(
+            "device.distributed and torchrun are for `elastic train`: run calibrate and evaluate as one process"
+        )
     return torch.device(cfg.name)
 
 
 @torch.inference_mode()
 def all_exit_outputs(
-    model: MultiExitModel, enc: Encoded, batch_size: int, pad_id: int, device: torch.device, label: str = ""
+    model: MultiExitModel,
+    enc: Encoded,
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    label: str = "",
+    sharded: bool = False,
 ) -> ExitSignals:
-    """Outputs of every exit for every example of `enc`, in its order, float32 on the CPU."""
+    """Outputs of every exit for every example of `enc`, in its order, float32 on the CPU. `sharded` (in a
+    distributed training run, the same model on every process): each process computes every N-th row and
+    all get the whole, so every process scores (and chooses its best epoch) alike, N times faster."""
     model.eval()
     n = len(enc.labels)
-    logits = torch.empty(n, model.num_exits, model.num_labels)
-    lte = torch.empty(n, model.num_exits) if model.lte is not None else None
+    # a process without a row could not tell whether the model counts tokens: then each computes all
+    sharded = sharded and distributed.active() and n >= distributed.world_size()
+    blank = torch.zeros if sharded else torch.empty  # (sharded: other processes' rows stay 0 for the sum)
+    logits = blank(n, model.num_exits, model.num_labels)
+    lte = blank(n, model.num_exits) if model.lte is not None else None
     layer_tokens: torch.Tensor | None = None  # a length-reducing model's tokens entering each layer
     # length-sorted batches pad less; `index` puts every row back in place
     order = np.argsort(enc.lengths, kind="stable")
+    if sharded:
+        order = order[distributed.rank() :: distributed.world_size()]
     with progress() as bar:
         task = bar.add_task(f"all exits {label}".strip(), total=len(order), info="")
         for batch in batches(enc, batch_size, pad_id=pad_id, indices=order.tolist()):
@@ -66,6 +88,10 @@ def all_exit_outputs(
                     layer_tokens = torch.zeros(n, out.layer_tokens.shape[1], dtype=torch.long)
                 layer_tokens[rows] = out.layer_tokens.cpu()
             bar.advance(task, len(batch.index))
+    if sharded:  # disjoint rows, zeros elsewhere: the sum over the processes is the whole
+        logits = distributed.sum_over_ranks(logits, device)
+        lte = None if lte is None else distributed.sum_over_ranks(lte, device)
+        layer_tokens = None if layer_tokens is None else distributed.sum_over_ranks(layer_tokens, device)
     return ExitSignals(logits, lte, layer_tokens)
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
-from elastic_cli import checkpoint, exits, tracking
+from elastic_cli import checkpoint, distributed, exits, tracking
 from elastic_cli.config import RootConfig
 from elastic_cli.data import load_task_data
 from elastic_cli.errors import UserError
@@ -52,23 +53,41 @@ def _sole_writer(folder: Path) -> Iterator[None]:
 
 def run(cfg: RootConfig, raw: DictConfig) -> float:
     started = time.perf_counter()
-    seed_everything(cfg.seed)
-    device = setup_device(cfg.device)
-    method = build_method(cfg.method)
-    rule = exits.build_rule(cfg.method.exit)
-    single_exit = cfg.method.exit_layers == "last" and not isinstance(method, CascadeMethod)
-    exits.check_applicable(rule, cfg.task.num_labels, cfg.method.lte, 1 if single_exit else None)
-    if precision_name(cfg.device) != "float32":
-        console.print(
-            f"[yellow]warning:[/] device.dtype/device.quantize ({precision_name(cfg.device)}) apply to "
-            "calibrate and evaluate; training runs float32",
-            highlight=False,
-        )
-    folder = checkpoint.checkpoint_dir(cfg)
-    # before any work: never replace anything but an elastic checkpoint of this method/backbone/task
+    # several processes (torchrun, srun) train one model together; rank 0 alone logs and writes
+    with distributed.session(cfg.device, cfg.train.batch_size):
+        seed_everything(cfg.seed)
+        device = setup_device(cfg.device)
+        method = build_method(cfg.method)
+        rule = exits.build_rule(cfg.method.exit)
+        single_exit = cfg.method.exit_layers == "last" and not isinstance(method, CascadeMethod)
+        exits.check_applicable(rule, cfg.task.num_labels, cfg.method.lte, 1 if single_exit else None)
+        if precision_name(cfg.device) != "float32":
+            console.print(
+                f"[yellow]warning:[/] device.dtype/device.quantize ({precision_name(cfg.device)}) apply to "
+                "calibrate and evaluate; training runs float32",
+                highlight=False,
+            )
+        folder = checkpoint.checkpoint_dir(cfg)
+        with ExitStack() as held:
+            replaces = distributed.on_main(lambda: _claim(cfg, folder, held))
+            return _run_locked(cfg, raw, method, folder, device, started, replaces)
+
+
+def _claim(cfg: RootConfig, folder: Path, held: ExitStack) -> str | None:
+    """Before any work, by the process that writes: never replace anything but an elastic checkpoint of this
+    method/backbone/task, and one `elastic train` per folder (its lock, held in `held`)."""
     replaces = checkpoint.check_replaceable(folder, cfg.method.name, cfg.backbone.name, cfg.task.name)
-    with _sole_writer(folder):
-        return _run_locked(cfg, raw, method, folder, device, started, replaces)
+    held.enter_context(_sole_writer(folder))
+    return replaces
+
+
+def _open_run(held: ExitStack, cfg: RootConfig, raw: DictConfig, folder: Path, run_id: str | None) -> None:
+    held.enter_context(tracking.stage_run(cfg, raw, checkpoint=folder, resume_run_id=run_id))
+
+
+def resume_point(resume: train_state.TrainState | None, run_id: str | None) -> Any:
+    """What every process of a distributed run must agree on before training: where it resumes."""
+    return (run_id, None if resume is None else tuple(vars(resume.position).values()))
 
 
 def _run_locked(
@@ -91,8 +110,14 @@ def _run_locked(
             say_resuming(state_file, resume)
         elif state_file.is_file():
             console.print(f"train.resume=false: starting over; the training state {state_file} is replaced")
+    # every process reads the state (the optimizer's too) and must find the same; a collective, so that
+    # rank 0 writes nothing before all have read
+    distributed.same_everywhere(resume_point(resume, run_id), "the training state to resume from")
     saver = Saver(state_file, cfg.train.save_every, train_state.training_settings(raw))
-    with tracking.stage_run(cfg, raw, checkpoint=folder, resume_run_id=run_id):
+    with ExitStack() as held:
+        # the MLflow run is rank 0's; a peer's failure ends it FAILED (distributed.failures)
+        distributed.on_main(lambda: _open_run(held, cfg, raw, folder, run_id))
+        held.enter_context(distributed.failures())
         if cfg.train.init_from and isinstance(method, CascadeMethod):
             raise UserError(
                 "train.init_from is for a two-stage method; a cascade reuses trained models with "
@@ -110,10 +135,12 @@ def _run_locked(
             data,
             device,
             start=start,
-            saver=saver,
+            saver=saver if distributed.is_main() else None,
             resume=resume,
             folder=folder,
         )
+        if not distributed.is_main():  # rank 0 writes the checkpoint and logs the summary
+            return float(fitted.best.scores.mean())
         meta = checkpoint_meta(cfg, cfg.method.name, cfg.backbone, fitted, started)
         # checked again: the folder may have changed during hours of training
         checkpoint.check_replaceable(folder, cfg.method.name, cfg.backbone.name, cfg.task.name)

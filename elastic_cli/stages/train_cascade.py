@@ -8,13 +8,14 @@ trained, the state of the one in training) for the next `elastic train` to go on
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from elastic_cli import checkpoint, tracking
+from elastic_cli import checkpoint, distributed, tracking
 from elastic_cli.config import BackboneConfig, RootConfig, TaskConfig
 from elastic_cli.data.splits import TaskData
 from elastic_cli.errors import UserError
@@ -57,7 +58,10 @@ def train_cascade(
     reused = {spec.name: reused_member(cfg.task, spec) for spec in specs if spec.ckpt}
     name = score_name(cfg.task.num_labels)
     work = train_state.cascade_work(folder)
-    train_state.start_cascade_work(work, raw, cfg.train.resume, tracking.active_run_id())
+    # rank 0's, before any process looks into it (a collective: the others wait for it)
+    distributed.on_main(
+        partial(train_state.start_cascade_work, work, raw, cfg.train.resume, tracking.active_run_id())
+    )
     entries: list[checkpoint.CascadeMember] = []
     scores: list[float] = []
     for spec in specs:
@@ -70,15 +74,22 @@ def train_cascade(
         else:
             member = work / "members" / spec.name
             where = f"members/{spec.name}"
-            if (member / checkpoint.META).is_file():  # trained before the interruption
+            # trained before the interruption (rank 0's view, which every process follows)
+            if distributed.on_main(partial(Path.is_file, member / checkpoint.META)):
+                if not distributed.is_main():
+                    continue
                 meta = checkpoint.read_meta(member)
                 score = float(meta.train_metrics["calibration_exit_scores"][-1])
                 console.print(f"{spec.name} model: trained before the interruption ({member})")
             else:
                 score = _train_member(cfg, raw, method, spec, data, device, member)
+        if not distributed.is_main():  # rank 0 keeps the books and writes the cascade
+            continue
         tracking.log_metrics({f"{spec.name}/best_{name}": score})
         entries.append(checkpoint.CascadeMember(spec.name, where, checkpoint.weights_fingerprint(member)))
         scores.append(score)
+    if not distributed.is_main():
+        return float("nan")  # (the run's value is rank 0's)
     meta_c = checkpoint.CascadeMeta(
         method=cfg.method.name,
         task=cfg.task.name,
@@ -120,6 +131,9 @@ def _train_member(
     resume = train_state.resumable(member, raw, cfg.train.resume)
     if resume is not None:
         say_resuming(saver.path, resume)
+    distributed.same_everywhere(
+        resume is not None and vars(resume.position), "the training state to resume from"
+    )
     fitted = fit(
         cfg,
         method.member_method(),
@@ -128,9 +142,11 @@ def _train_member(
         data,
         device,
         f"{spec.name}/",
-        saver=saver,
+        saver=saver if distributed.is_main() else None,
         resume=resume,
     )
+    if not distributed.is_main():
+        return float(fitted.best.scores[-1])
     meta = checkpoint_meta(cfg, "static", spec.backbone, fitted, member_started)
     checkpoint.save(member, fitted.model, fitted.tokenizer, raw, meta)
     train_state.remove(saver.path)

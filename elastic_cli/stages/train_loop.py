@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from elastic_cli import cost, tracking
+from elastic_cli import cost, distributed, tracking
 from elastic_cli.config import TrainConfig, TrainStageConfig
 from elastic_cli.data import Encoded, batches
 from elastic_cli.errors import UserError
@@ -215,6 +215,7 @@ class Saver:
         fault_after = int(os.environ.get(FAULT_ENV) or 0)
         if fault_after and _steps_in_process >= fault_after:
             os.kill(os.getpid(), signal.SIGKILL)
+        distributed.maybe_fault(_steps_in_process)  # a distributed run's: one rank fails with an error
 
 
 def train_stage(
@@ -264,7 +265,8 @@ def train_stage(
 
     # ELBERT's exit weights are clipped with the model's parameters, as ELBERT clips them; parameters an
     # objective trains apart (AdapLeR's eta and theta) are not clipped
-    apart = {id(p) for g in optimizer.param_groups if g.get("constant_lr") for p in g["params"]}
+    apart_params = [p for g in optimizer.param_groups if g.get("constant_lr") for p in g["params"]]
+    apart = {id(p) for p in apart_params}
     trainable = [p for p in model.parameters() if p.requires_grad and id(p) not in apart]
     trainable += list(objective.parameters())
     epochs_in_stage = math.ceil(total / steps_per_epoch)
@@ -273,6 +275,12 @@ def train_stage(
             f"training stage {s + 1} ({stage.objective}, {stage.trainable}) has nothing to train: "
             "this model has no exit heads of its own before the last (use more exits or method.head=pooler)"
         )
+    # the model as the steps run it: through DistributedDataParallel when several processes train
+    # (distributed.py), which averages the model's gradients; the objective's own parameters and those it
+    # sets itself after the backward pass are averaged apart
+    stepper = distributed.Averager(model, device)
+    averaged_apart = list(objective.parameters()) + apart_params
+    distributed.spread_rng(seed, step)
     # the optimizer steps' own time (data to optimizer step; not the epochs' calibration scoring, not the
     # stage's first step, which pays one-off costs): train/examples_per_second
     step_seconds, step_examples, first_step = 0.0, 0, True
@@ -284,24 +292,33 @@ def train_stage(
             model.train()
             objective.start_epoch(model, epoch, epochs_in_stage)
             epoch_batches = batches(
-                enc_train, train.batch_size, pad_id=pad_id, shuffle=True, seed=seed + epoch
+                enc_train,
+                train.batch_size,
+                pad_id=pad_id,
+                shuffle=True,
+                seed=seed + epoch,
+                shard=distributed.shard(),  # this process's part of each batch
             )
             started = time.perf_counter()
             for i, batch in enumerate(itertools.islice(epoch_batches, skip_batches, None), skip_batches):
                 batch = batch.to(device)
-                out = model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+                out = stepper(batch.input_ids, batch.attention_mask, batch.token_type_ids)
                 loss = method.loss(objective, out, batch.labels, done, rows=batch.index)
                 optimizer.zero_grad(set_to_none=True)
+                stepper.set_share(batch.share)
                 objective.backward(loss)
+                stepper.average(averaged_apart)
                 torch.nn.utils.clip_grad_norm_(trainable, train.max_grad_norm)
                 optimizer.step()
                 objective.after_step(model)
                 schedule.step()
-                loss_value = loss.item()  # (waits for the step's work on an accelerator)
+                # the global batch's loss (waits for the step's work on an accelerator)
+                loss_value = stepper.global_mean(loss)
                 now = time.perf_counter()
                 if not first_step:
                     step_seconds += now - started
-                    step_examples += len(batch.index)
+                    # the global batch's rows (a process's part is a share of it)
+                    step_examples += min(train.batch_size, len(enc_train.labels) - i * train.batch_size)
                 first_step = False
                 done += 1
                 step += 1
@@ -325,7 +342,10 @@ def train_stage(
                 started = time.perf_counter()
             skip_batches = 0
             epoch += 1
-            signals = all_exit_outputs(model, enc_cal, eval_batch_size, pad_id, device, "calibration")
+            # every process scores alike (each computes a part): each keeps the same best weights
+            signals = all_exit_outputs(
+                model, enc_cal, eval_batch_size, pad_id, device, "calibration", sharded=True
+            )
             scores = exit_scores(signals, enc_cal.labels)
             name = score_name(model.num_labels)
             metrics = {
@@ -357,5 +377,6 @@ def train_stage(
             rank = [float(r) for r in objective.rank(score, speedup)]
             best = best.offer(rank, score, scores, model, step, s, stage.keep_best)
             save_state(epoch, 0)
+    stepper.close()
     model.requires_grad_(True)
     return best, step

@@ -37,6 +37,9 @@ IGNORED = (
     "device.threads",
     "device.eval_batch_size",
     "device.throughput_batch_size",
+    # one process or several: the same global batches, the same steps (dropout's draws aside)
+    "device.distributed",
+    "device.distributed_timeout",
 )
 SECTIONS = ("seed", "method", "backbone", "task", "train", "device")
 
