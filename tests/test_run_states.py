@@ -202,18 +202,28 @@ def test_sigterm_inside_a_stage_ends_its_run_killed(store: Path, tmp_path: Path)
     assert logged.info.status == "KILLED" and not tracking.active()
 
 
-def test_interrupted_sweep_parent_ends_killed(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """What the atexit hook does after the CLI caught Ctrl-C or SIGTERM in the middle of a multirun."""
-    task, sweep_dir = "sweep_sigterm_task", tmp_path / "multirun"
+def started_sweep(
+    store: Path, task: str, sweep_dir: Path, sweep: str
+) -> tuple[hydra_callbacks.MlflowSweepCallback, DictConfig, dict]:
+    """A multirun's callback after on_multirun_start, its master config, and the config overrides its jobs
+    get (the parent's id)."""
     _, raw = make_config(store, task)
     config = OmegaConf.merge(
         OmegaConf.to_container(raw),
-        {"hydra": {"sweep": {"dir": str(sweep_dir)}, "overrides": {"task": ["seed=1,2"]}}},
+        {"hydra": {"sweep": {"dir": str(sweep_dir)}, "overrides": {"task": [sweep]}}},
     )
     callback = hydra_callbacks.MlflowSweepCallback()
     callback.on_multirun_start(config)
     [parent] = [o for o in config.hydra.overrides.task if o.startswith("tracking.parent_run_id=")]
-    cfg, raw = make_config(store, task, tracking={"parent_run_id": parent.split("=", 1)[1]})
+    assert isinstance(config, DictConfig)
+    return callback, config, {"tracking": {"parent_run_id": parent.split("=", 1)[1]}}
+
+
+def test_interrupted_sweep_parent_ends_killed(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """What the atexit hook does after the CLI caught Ctrl-C or SIGTERM in the middle of a multirun."""
+    task, sweep_dir = "sweep_sigterm_task", tmp_path / "multirun"
+    callback, _, job = started_sweep(store, task, sweep_dir, "seed=1,2")
+    cfg, raw = make_config(store, task, **job)
     with pytest.raises(cli.Terminated), tracking.stage_run(cfg, raw, checkpoint=tmp_path):
         raise cli.Terminated
     monkeypatch.setattr(hydra_callbacks, "_interrupted", False)
@@ -231,15 +241,10 @@ def test_sweep_end_fails_children_whose_job_vanished(store: Path, tmp_path: Path
     """A job killed by SIGKILL (or by Slurm for its memory) cannot end its run: the parent's end marks it
     FAILED when its process is known gone, leaves a live or unknown one RUNNING, and names the failed."""
     task, sweep_dir = "sweep_vanished_task", tmp_path / "multirun"
-    _, raw = make_config(store, task)
-    config = OmegaConf.merge(
-        OmegaConf.to_container(raw),
-        {"hydra": {"sweep": {"dir": str(sweep_dir)}, "overrides": {"task": ["seed=1,2,3"]}}},
-    )
-    callback = hydra_callbacks.MlflowSweepCallback()
-    callback.on_multirun_start(config)
-    parent_id = tracking.parent_run_id(sweep_dir)
-    cfg, raw = make_config(store, task, tracking={"parent_run_id": parent_id})
+    callback, config, job = started_sweep(store, task, sweep_dir, "seed=1,2,3")
+    parent_id = job["tracking"]["parent_run_id"]
+    assert parent_id == tracking.parent_run_id(sweep_dir)
+    cfg, raw = make_config(store, task, **job)
     with tracking.stage_run(cfg, raw, run_name="job 0"):
         pass
     client = client_for(store)

@@ -50,14 +50,7 @@ die() { printf '[start_cluster] ERROR: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (installs packages, starts daemons as root)"
 
-# alive PIDFILE COMM: the pid file names a live process whose command is COMM.
-alive() {
-    local pidfile="$1" comm="$2" pid
-    [ -s "$pidfile" ] || return 1
-    pid="$(cat "$pidfile")"
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
-    [ "$(cat /proc/"$pid"/comm 2>/dev/null)" = "$comm" ]
-}
+. "$(dirname "$0")/lib.sh"  # alive()
 
 # stop_pid PIDFILE COMM: SIGTERM, wait up to 15 s, then SIGKILL.
 stop_pid() {

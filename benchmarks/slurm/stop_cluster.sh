@@ -27,13 +27,7 @@ esac
 say() { printf '[stop_cluster] %s\n' "$*"; }
 [ "$(id -u)" -eq 0 ] || { echo "[stop_cluster] ERROR: must run as root" >&2; exit 1; }
 
-alive() {
-    local pidfile="$1" comm="$2" pid
-    [ -s "$pidfile" ] || return 1
-    pid="$(cat "$pidfile")"
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
-    [ "$(cat /proc/"$pid"/comm 2>/dev/null)" = "$comm" ]
-}
+. "$(dirname "$0")/lib.sh"  # alive()
 
 stop_pid() {  # pidfile comm
     local pidfile="$1" comm="$2" pid
