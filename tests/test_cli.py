@@ -275,6 +275,7 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
         (["train.batch_size=big"], ["train.batch_size", "big"]),
         (["method.exit.threshold=1.5"], ["outside [0.0, 1.0]"]),
         (["task.data_dir=/no/such/folder"], ["/no/such/folder"]),
+        (["-m", "seed=1,2", "--cfg", "job"], ["drop -m"]),  # Hydra's own answer is a traceback
     ],
 )
 def test_bad_input_is_one_line_exit_2(workdir: Path, args, needles):
