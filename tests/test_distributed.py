@@ -282,7 +282,7 @@ def test_two_processes_train_elbert_as_one(workdir: Path, tmp_path: Path):
 @pytest.mark.parametrize(
     "method,extra",
     [
-        ("static", ()),
+        pytest.param("static", (), marks=pytest.mark.extended),  # one exit (elbert's test covers many)
         pytest.param("sweet", (), marks=pytest.mark.extended),  # stop-gradients at the exits
         ("deebert", ()),  # stage 2 freezes all but the exit heads
         pytest.param("elasticbert", (), marks=pytest.mark.extended),  # gradient equilibrium

@@ -87,6 +87,7 @@ def test_a_joblib_threshold_sweep_runs_jobs_side_by_side_with_their_share_of_cor
     assert parent.data.tags.get(hydra_callbacks.FAILED_CHILDREN_TAG) is None
 
 
+@pytest.mark.extended  # (the naming of failed and vanished children: tests/test_run_states.py)
 def test_a_failing_job_fails_the_sweep_with_one_line(two_methods: Path):
     data = f"task.data_dir={two_methods / 'data'}"
     stage = [a for a in COMMON if not a.startswith("train.")]
