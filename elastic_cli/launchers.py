@@ -80,4 +80,6 @@ def crashed_job_error(err: BaseException) -> UserError:
     first = text.splitlines()[0] if text else type(err).__name__
     log = re.search(r"(/\S+_log\.err)", text)
     where = f"; its log: {log.group(1)}" if log else ""
-    return UserError(f"a sweep job died outside elastic ({first.rstrip(':. ')}){where}")
+    return UserError(
+        f"a sweep job could not be launched or died outside elastic ({first.rstrip(':. ')}){where}"
+    )

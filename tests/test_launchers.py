@@ -100,3 +100,21 @@ def test_a_failing_job_fails_the_sweep_with_one_line(two_methods: Path):
     assert parent.info.status == "FAILED"
     assert [c.data.tags["elastic.seed"] for c in children] == ["42"]  # the failed job opened no run
     assert children[0].info.status == "FINISHED"
+
+
+def test_a_job_the_launcher_reports_dead_is_one_line_with_its_log():
+    from submitit.core.utils import FailedJobError
+
+    from elastic_cli import launchers
+
+    assert FailedJobError in launchers.job_crashes()
+    text = (
+        "Job (task=0) failed during processing with trace:\n----------------------\nTraceback ...\n"
+        "You can check full logs with 'job.stderr(0)' and 'job.stdout(0)'or at paths:\n"
+        "  - /shared/out/multiruns/x/.submitit/62_0/62_0_0_log.err\n  - /shared/.../62_0_0_log.out"
+    )
+    err = launchers.crashed_job_error(FailedJobError(text))
+    assert str(err) == (
+        "a sweep job could not be launched or died outside elastic (Job (task=0) failed during processing "
+        "with trace); its log: /shared/out/multiruns/x/.submitit/62_0/62_0_0_log.err"
+    )
