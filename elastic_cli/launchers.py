@@ -5,6 +5,7 @@ machine with the sweep's other jobs. The jobs themselves are Hydra's and submiti
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -20,22 +21,33 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("elastic_gpus", gpus_for, replace=True)
 
 
+def multirun_job() -> Any | None:
+    """Hydra's own config (`hydra.*`) when this process runs a job of a multirun, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return HydraConfig.get()
+
+
+def _launcher(job: Any) -> str:
+    return str(job.launcher.get("_target_", ""))
+
+
 def job_threads() -> int | None:
     """torch threads for this job when its launcher says how many it may use: cpus_per_task under
     submitit (Slurm's allocation, or local_jobs' share); under joblib, the cores divided among the jobs
     that run at once, so that jobs x threads fits the machine. None: leave torch's default."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
+    job = multirun_job()
+    if job is None:
         return None
-    launcher = HydraConfig.get().launcher
-    target = str(launcher.get("_target_", ""))
-    if "submitit" in target:
-        cpus = launcher.get("cpus_per_task")
+    if "submitit" in _launcher(job):
+        cpus = job.launcher.get("cpus_per_task")
         return int(cpus) if cpus else None
-    if "joblib" in target:
+    if "joblib" in _launcher(job):
         cores = os.cpu_count() or 1
-        n_jobs = int(launcher.get("n_jobs") or -1)
+        n_jobs = int(job.launcher.get("n_jobs") or -1)
         at_once = n_jobs if n_jobs > 0 else cores + 1 + n_jobs  # joblib's -1: all cores, -2: all but one
         return max(1, cores // max(1, min(at_once, cores)))
     return None
@@ -44,13 +56,8 @@ def job_threads() -> int | None:
 def job_in_own_process() -> bool:
     """Whether this multirun job runs in a process of its own (joblib, submitit), where exiting on an
     error would only kill the worker: Hydra's basic launcher runs the jobs in the launching process."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return False
-    target = str(HydraConfig.get().launcher.get("_target_", ""))
-    return not target.endswith("BasicLauncher")
+    job = multirun_job()
+    return job is not None and not _launcher(job).endswith("BasicLauncher")
 
 
 def job_crashes() -> tuple[type[BaseException], ...]:

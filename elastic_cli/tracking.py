@@ -2,8 +2,9 @@
 
 One experiment per task (`tracking.experiment` overrides the name); method, backbone and stage are
 params and tags. Inside a Hydra multirun the run is a child of the sweep's parent run, whose id the
-sweep callback (elastic_cli.hydra_callbacks) puts in every job's config (`tracking.parent_run_id`). `import mlflow` costs about a
-second, so it happens inside the functions, never when this module is imported.
+sweep callback (elastic_cli.hydra_callbacks) puts in every job's config (`tracking.parent_run_id`).
+`import mlflow` costs about a second, so it happens inside the functions, never when this module is
+imported.
 
 A run never stays RUNNING by accident: it ends FINISHED, FAILED (an error) or KILLED (Ctrl-C, or SIGTERM,
 which the CLI raises as an interrupt). A process that dies by SIGKILL cannot end its run: every run is
@@ -35,7 +36,7 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
-from elastic_cli import run_record
+from elastic_cli import launchers, run_record
 from elastic_cli.config import ReportRootConfig
 from elastic_cli.errors import UserError
 from elastic_cli.files import pid_alive
@@ -121,15 +122,9 @@ def _check_server(uri: str) -> None:
         f"MLflow tracking server {uri} is unreachable: start it, or unset MLFLOW_TRACKING_URI / "
         "set tracking.uri=sqlite:///outputs/mlflow.db"
     )
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=REACHABLE_TIMEOUT_S):
-            pass
-    except urllib.error.HTTPError:
-        pass  # it answered (a proxy may have no /health): whether it takes our calls is next
-    except (urllib.error.URLError, OSError) as err:
-        raise unreachable from err
-    # one real API call, with the credentials MLflow would send: a server that refuses them would
-    # otherwise stop the stage later, after its model and data were loaded, with MLflow's traceback
+    # one real API call, with the credentials MLflow would send: it answers whether the server is up, is
+    # MLflow, and takes our calls; a refusal would otherwise stop the stage later, after its model and
+    # data were loaded, with MLflow's traceback
     query = urllib.request.Request(
         uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1", headers=_auth_headers()
     )
@@ -471,12 +466,8 @@ def stage_tags(cfg: RootConfig | ReportRootConfig) -> dict[str, str]:
 
 def sweep_job_number() -> int | None:
     """This job's number in its Hydra multirun (0, 1, ... in the sweep's order), else None."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    return int(HydraConfig.get().job.num)
+    job = launchers.multirun_job()
+    return None if job is None else int(job.job.num)
 
 
 # --- the sweep parent ----------------------------------------------------------------------------------
@@ -492,13 +483,8 @@ def parent_run_id(sweep_dir: str | Path) -> str | None:
 
 def current_sweep_dir() -> Path | None:
     """The sweep folder when this process runs a job of a Hydra multirun, else None."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return None
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
+    hydra_cfg = launchers.multirun_job()
+    if hydra_cfg is None:
         return None
     sweep_dir = Path(hydra_cfg.sweep.dir)
     # hydra.job.chdir=true moves the job into its own folder: the sweep folder is relative to the launch cwd
@@ -723,7 +709,11 @@ def end_stale_runs(client: MlflowClient, experiment_id: str, checkpoint: str) ->
         )
         for run in found:
             pid = _pid(run.data.tags.get(PID_TAG))
-            if run.data.tags.get(CHECKPOINT_TAG) == checkpoint and pid is not None and not pid_alive(pid):
+            if (
+                run.data.tags.get(CHECKPOINT_TAG) == checkpoint
+                and pid is not None
+                and process_gone(run.data.tags)
+            ):
                 stale.append((run.info.run_id, pid))
         token = found.token
         if not token:
