@@ -59,6 +59,7 @@ from elastic_cli.cli import main
 main()
 """
 TOLERANCE = 1e-5
+NOISY_TOLERANCE = 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +109,13 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return {f"{m.name}/{k}": v for m in members for k, v in load_file(str(m / checkpoint.WEIGHTS)).items()}
 
 
-def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+def _differences(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, float]:
     assert a.keys() == b.keys()
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].numel())
+    return {k: float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].numel()}
+
+
+def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(_differences(a, b).values())
 
 
 def _train_both(workdir: Path, tmp_path: Path, method: str, *extra: str) -> tuple[Path, Path]:
@@ -135,13 +140,21 @@ def _train_both(workdir: Path, tmp_path: Path, method: str, *extra: str) -> tupl
 
 
 def _assert_same_training(
-    workdir: Path, tmp_path: Path, method: str, *extra: str, tolerance: float = TOLERANCE
+    workdir: Path, tmp_path: Path, method: str, *extra: str, noisy: str | None = None
 ) -> float:
+    """One process and two train the same weights, to TOLERANCE; the weights under `noisy` (a name
+    prefix: the modules holding a weight whose gradient is only rounding noise) to NOISY_TOLERANCE."""
     one, two = _train_both(workdir, tmp_path, method, *extra)
-    difference = _max_difference(_weights(one), _weights(two))
-    print(f"{method}: max |one process - two processes| = {difference:.3g} over {len(_weights(one))} tensors")
-    assert difference < tolerance
-    return difference
+    differences = _differences(_weights(one), _weights(two))
+    exact = {k: v for k, v in differences.items() if noisy is None or not k.startswith(noisy)}
+    print(
+        f"{method}: max |one process - two processes| = {max(differences.values()):.3g} over "
+        f"{len(differences)} tensors, {max(exact.values()):.3g} outside {noisy}"
+    )
+    assert max(exact.values()) < TOLERANCE, sorted(exact.items(), key=lambda kv: -kv[1])[:3]
+    assert len(exact) > len(differences) // 2  # the prefix names a part of the model, not most of it
+    assert max(differences.values()) < NOISY_TOLERANCE
+    return max(differences.values())
 
 
 # --- the pieces ----------------------------------------------------------------------------------------
@@ -295,9 +308,10 @@ def test_two_processes_train_elbert_as_one(workdir: Path, tmp_path: Path):
 def test_two_processes_train_each_method_as_one(workdir: Path, tmp_path: Path, method: str, extra: tuple):
     # (*) weights whose gradient is zero but for rounding (FastBERT's attention key bias, AdapLeR's predictors'
     # output bias: a softmax cancels them) get lr-sized Adam steps from that noise, in one process and in two
-    # alike but not the same: 2e-4 and 3e-5 here, every other weight within 1e-5
-    tolerance = 1e-3 if method in ("fastbert", "adapler") else TOLERANCE
-    _assert_same_training(workdir, tmp_path, method, *extra, tolerance=tolerance)
+    # alike but not the same (1.5e-4 here), and pass it on to their own module's other weights: those
+    # modules are held to 1e-3, the backbone and everything else to 1e-5
+    noisy = {"fastbert": "heads.fastbert.", "adapler": "predictors."}.get(method)
+    _assert_same_training(workdir, tmp_path, method, *extra, noisy=noisy)
 
 
 # --- a failing rank -------------------------------------------------------------------------------------
