@@ -140,12 +140,17 @@ def session(cfg: DeviceConfig, batch_size: int) -> Iterator[Place | None]:
             "...` or srun with one task per GPU (neither RANK/WORLD_SIZE/LOCAL_RANK nor "
             "SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID is set)"
         )
-    name = backend(cfg)
-    if place.world_size > batch_size:
-        raise UserError(
-            f"train.batch_size={batch_size} is smaller than the {place.world_size} processes: each global batch "
-            "is split across them; raise train.batch_size or start fewer processes"
-        )
+    try:
+        name = backend(cfg)
+        if place.world_size > batch_size:
+            raise UserError(
+                f"train.batch_size={batch_size} is smaller than the {place.world_size} processes: each global "
+                "batch is split across them; raise train.batch_size or start fewer processes"
+            )
+    except UserError:
+        if place.rank != 0:  # every rank finds the same: rank 0 says it, once, and the others stop quietly
+            raise SystemExit(2) from None
+        raise
     if name == "nccl":
         if torch.cuda.device_count() <= place.local_rank:
             raise UserError(

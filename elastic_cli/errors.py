@@ -30,6 +30,12 @@ def one_line(message: str) -> str:
 
 
 def fail(err: BaseException) -> NoReturn:
+    # a UserError raised inside an OmegaConf resolver comes wrapped in OmegaConf's own error: say it alone
+    inner = err.__context__
+    while inner is not None and not isinstance(inner, UserError):
+        inner = inner.__context__
+    if inner is not None and not isinstance(err, UserError):
+        err = inner
     message = str(err)
     if err.__cause__ is not None and str(err.__cause__) not in message:
         message += f": {err.__cause__}"

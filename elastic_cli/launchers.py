@@ -17,8 +17,25 @@ def gpus_for(device: str) -> int | None:
     return 1 if device == "cuda" else None
 
 
+def env_count(name: str, default: Any) -> Any:
+    """A whole-number launcher setting from the environment variable `name` (ELASTIC_SLURM_MEM_GB, ...),
+    else `default`: a value that is not one is refused in one line naming the variable."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        example = f" (e.g. {name}={default})" if default is not None else ""
+        raise UserError(f"{name}={raw!r} is not a whole number: set it to one{example} or unset it")
+    return value
+
+
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("elastic_gpus", gpus_for, replace=True)
+    OmegaConf.register_new_resolver("elastic_env_count", env_count, replace=True)
 
 
 def multirun_job() -> Any | None:

@@ -176,3 +176,40 @@ def test_training_state_settings_default_to_resumable():
     overrides = ["train.save_every=0", "train.resume=false"]
     train = to_root(compose(config_name="train", overrides=overrides)).train
     assert train.save_every == 0 and train.resume is False
+
+
+def _slurm_launcher(overrides: list[str]):
+    cfg = compose(
+        config_name="evaluate", overrides=["hydra/launcher=slurm", *overrides], return_hydra_config=True
+    )
+    return cfg.hydra.launcher
+
+
+def test_slurm_settings_come_from_the_environment_else_their_defaults(monkeypatch):
+    for name in ("MEM_GB", "CPUS_PER_TASK", "GPUS_PER_NODE", "TIMEOUT_MIN"):
+        monkeypatch.delenv(f"ELASTIC_SLURM_{name}", raising=False)
+    launcher = _slurm_launcher([])
+    assert (launcher.mem_gb, launcher.cpus_per_task, launcher.timeout_min) == (32, 4, 720)
+    assert launcher.gpus_per_node is None  # device=cpu asks for no GPU
+    assert _slurm_launcher(["device=cuda"]).gpus_per_node == 1
+    monkeypatch.setenv("ELASTIC_SLURM_MEM_GB", "64")
+    monkeypatch.setenv("ELASTIC_SLURM_GPUS_PER_NODE", "0")
+    launcher = _slurm_launcher(["device=cuda"])
+    assert (launcher.mem_gb, launcher.gpus_per_node) == (64, 0)
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "2.5"])
+def test_a_slurm_setting_that_is_not_a_whole_number_names_its_variable(monkeypatch, capsys, value):
+    from elastic_cli.errors import fail
+
+    monkeypatch.setenv("ELASTIC_SLURM_MEM_GB", value)
+    with pytest.raises(Exception) as caught:
+        _slurm_launcher([]).mem_gb  # noqa: B018 (resolving it is the test)
+    with pytest.raises(SystemExit) as stopped:
+        fail(caught.value)  # how the CLI says it: the resolver's line, not OmegaConf's wrapping
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"error: ELASTIC_SLURM_MEM_GB='{value}' is not a whole number: set it to one (e.g. ELASTIC_SLURM_MEM_GB=32) or unset it\n"
+    )

@@ -223,6 +223,17 @@ def test_bad_combinations_are_user_errors(monkeypatch: pytest.MonkeyPatch, env, 
     assert not distributed.active()
 
 
+def test_a_refusal_every_rank_makes_is_said_by_rank_0_alone(monkeypatch: pytest.MonkeyPatch):
+    # (torchrun would print each rank's copy of the same line)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(SystemExit) as stopped, distributed.session(DeviceConfig(), 2):
+        pass
+    assert stopped.value.code == 2 and not isinstance(stopped.value, UserError)
+    assert not distributed.active()
+
+
 def test_calibrate_and_evaluate_refuse_torchrun(monkeypatch: pytest.MonkeyPatch):
     from elastic_cli.stages.common import setup_device
 
