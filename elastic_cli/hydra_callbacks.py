@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from elastic_cli import run_record
+from elastic_cli import launchers, run_record
 from elastic_cli.errors import UserError
 
 if TYPE_CHECKING:
@@ -72,6 +72,10 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _check_outputs(config)
+        try:
+            launchers.check_launcher(str(OmegaConf.select(config, "hydra.launcher._target_", default="")))
+        except UserError as err:
+            _abort(err)
         if not tracking_enabled(config) or not _main_process():
             return
         try:

@@ -77,6 +77,18 @@ def job_in_own_process() -> bool:
     return job is not None and not _launcher(job).endswith("BasicLauncher")
 
 
+def check_launcher(launcher_target: str) -> None:
+    """Refuse, before any job or MLflow run starts, a launcher this machine cannot use: the Slurm one
+    where Slurm's commands are not on the PATH (submitit would raise its own traceback)."""
+    import shutil
+
+    if "SlurmLauncher" in launcher_target and shutil.which("srun") is None:
+        raise UserError(
+            "hydra/launcher=slurm needs Slurm's commands (srun, sbatch), which this machine does not have: "
+            "run it on the cluster's login node, or use hydra/launcher=local_jobs or joblib here"
+        )
+
+
 def job_crashes() -> tuple[type[BaseException], ...]:
     """The errors a launcher raises for a job that died without a word (killed by the system, by Slurm
     for its time or memory, a lost node): submitit's and joblib's, when installed."""

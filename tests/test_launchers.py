@@ -118,3 +118,18 @@ def test_a_job_the_launcher_reports_dead_is_one_line_with_its_log():
         "a sweep job could not be launched or died outside elastic (Job (task=0) failed during processing "
         "with trace); its log: /shared/out/multiruns/x/.submitit/62_0/62_0_0_log.err"
     )
+
+
+def test_the_slurm_launcher_without_slurm_is_one_line(monkeypatch):
+    import shutil
+
+    from elastic_cli import launchers
+    from elastic_cli.errors import UserError
+
+    target = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(UserError, match="hydra/launcher=slurm needs Slurm's commands"):
+        launchers.check_launcher(target)
+    launchers.check_launcher("hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher")
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    launchers.check_launcher(target)  # Slurm's commands found: go on
