@@ -23,14 +23,10 @@ def env_count(name: str, default: Any) -> Any:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
+    if not raw.isdecimal():  # (a sign, a point or a letter)
         example = f" (e.g. {name}={default})" if default is not None else ""
         raise UserError(f"{name}={raw!r} is not a whole number: set it to one{example} or unset it")
-    return value
+    return int(raw)
 
 
 def register_resolvers() -> None:
