@@ -7,6 +7,8 @@
 # a smaller budget goes after `--` (later overrides win): -- task.max_train_samples=2000 train.epochs=1
 # A stage that ended well leaves OUTDIR/done.<method>.<stage> and is skipped: run the same command again to
 # go on after an interruption (an interrupted training resumes from its last saved state).
+# ELASTIC_STAGES="train" runs only those stages (e.g. train everything under load, then calibrate and evaluate
+# on a quiet machine for clean latency; the report runs when evaluate is among them).
 set -euo pipefail
 OUT=${1:?usage: compare_methods.sh OUTDIR [method ...] [-- overrides]}; shift
 METHODS=(); while [ $# -gt 0 ] && [ "$1" != "--" ]; do METHODS+=("$1"); shift; done
@@ -19,6 +21,7 @@ mkdir -p "$OUT"
 stage() {  # NAME STAGE OVERRIDES...: one stage, skipped when done, timed
   local name=$1 stage=$2; shift 2
   [ -f "$OUT/done.$name.$stage" ] && return 0
+  [[ " ${ELASTIC_STAGES:-train calibrate evaluate} " == *" $stage "* ]] || return 0
   local start; start=$(date +%s)
   elastic "$stage" "${COMMON[@]}" "$@"
   touch "$OUT/done.$name.$stage"
@@ -35,10 +38,11 @@ for m in "${METHODS[@]}"; do
   if [ "$m" = early_exit ]; then
     # CAT's guarantee (README, Calibration targets) on a copy, so early_exit's own calibration stays
     copy=$OUT/early_exit_consistency
-    [ -d "$copy" ] || cp -r "$OUT/checkpoints/sst2/early_exit/mpnet-base/seed42" "$copy"
+    [ -d "$copy" ] || [ ! -f "$OUT/done.early_exit.train" ] || cp -r "$OUT/checkpoints/sst2/early_exit/mpnet-base/seed42" "$copy"
     cons=(method=early_exit "ckpt=$copy" tracking.experiment=sst2-consistency)
     stage consistency calibrate "${cons[@]}" calibrate.target=consistency calibrate.epsilon=0.05 calibrate.delta=0.1
     stage consistency evaluate "${cons[@]}"
   fi
 done
+[[ " ${ELASTIC_STAGES:-evaluate} " == *" evaluate "* ]] || exit 0
 elastic report task=sst2 report.backbone=mpnet-base "outputs=$OUT"
