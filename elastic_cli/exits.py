@@ -15,6 +15,7 @@ dataclass of its extra settings, beside it here, which conf/method/exit/<name>.y
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
@@ -157,6 +158,30 @@ def _quantiles_and_above(scores: torch.Tensor, size: int) -> torch.Tensor:
     return torch.unique(torch.cat([q, top.view(1)]))
 
 
+def _decision_scores(
+    signals: ExitSignals | None, score: Callable[[ExitSignals], torch.Tensor | None]
+) -> torch.Tensor | None:
+    """`score` of the signals where decisions are made (every exit but the last), or None when there are
+    none to place a grid on (no signals, one exit, no examples, no such score)."""
+    if signals is None or signals.num_exits < 2 or signals.logits.shape[0] == 0:
+        return None
+    return score(signals.upto(signals.num_exits - 1))
+
+
+def _fixed_and_on_data(
+    fixed: Callable[[int], torch.Tensor], scores: torch.Tensor | None, size: int, lo: float, hi: float
+) -> torch.Tensor:
+    """`fixed(size)` (the rule's own scale) without scores; with them, half of it and half on their
+    quantiles, kept in [lo, hi]. A briefly trained exit's scores can bunch in a narrow band (FastBERT's
+    normalised entropy at 0.97-1.0 after one epoch on SST-2) that a fixed grid crosses in one step, from
+    "no example exits" to "all at the first exit": the points on the data give the curve its shape there."""
+    if scores is None:
+        return fixed(size)
+    half = fixed(max(size // 2, 2))
+    on_data = _quantiles_and_above(scores, size - len(half)).clamp(lo, hi)
+    return torch.unique(torch.cat([half, on_data]))
+
+
 @RULES.register("maxprob")
 class MaxProb(ExitRule[ExitRuleConfig]):
     """SWEET / Sledgehammer: exit at the first exit whose top softmax probability reaches tau."""
@@ -168,11 +193,19 @@ class MaxProb(ExitRule[ExitRuleConfig]):
         self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
     ) -> torch.Tensor:
         # SWEET sweeps linspace(1/C, 1): 1/C exits everything at the first exit, 1 runs (nearly) all layers
-        return torch.linspace(1.0 / num_classes, 1.0, size, dtype=torch.float64)
+        def sweet(n: int) -> torch.Tensor:
+            return torch.linspace(1.0 / num_classes, 1.0, n, dtype=torch.float64)
+
+        scores = _decision_scores(signals, lambda s: s.logits.softmax(dim=-1).amax(dim=-1))
+        return _fixed_and_on_data(sweet, scores, size, 1.0 / num_classes, 1.0)
 
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         confidence = signals.logits.softmax(dim=-1).amax(dim=-1)
         return confidence >= _threshold(threshold, confidence)
+
+
+def _linspace(lo: float, hi: float) -> Callable[[int], torch.Tensor]:
+    return lambda n: torch.linspace(lo, hi, n, dtype=torch.float64)
 
 
 def _never_below(threshold: float | None, score: str, outcome: str = "no example exits early") -> list[str]:
@@ -222,7 +255,10 @@ class Entropy(ExitRule[ExitRuleConfig]):
     def grid(
         self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
     ) -> torch.Tensor:
-        return torch.linspace(0.0, math.log(max(num_classes, 2)), size, dtype=torch.float64)
+        top = math.log(max(num_classes, 2))
+        return _fixed_and_on_data(
+            _linspace(0.0, top), _decision_scores(signals, lambda s: _entropy(s.logits)), size, 0.0, top
+        )
 
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         entropy = _entropy(signals.logits)
@@ -239,6 +275,12 @@ class NormalisedEntropy(ExitRule[ExitRuleConfig]):
     threshold_range = (0.0, 1.0)
     larger_is_slower = False
     current_exit_only = True
+
+    def grid(
+        self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
+    ) -> torch.Tensor:
+        scores = _decision_scores(signals, lambda s: _normalised_entropy(s.logits))
+        return _fixed_and_on_data(_linspace(0.0, 1.0), scores, size, 0.0, 1.0)
 
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         uncertainty = _normalised_entropy(signals.logits)
@@ -345,6 +387,13 @@ class Elbert(ExitRule[ElbertExitConfig]):
         # stage 1 reads the current exit; stage 2 the window of the last N
         return 1 if self.mode == "entropy" else self.window
 
+    def grid(
+        self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
+    ) -> torch.Tensor:
+        # the threshold acts on stage 1 (the normalised entropy) only: the grid is placed on it
+        scores = _decision_scores(signals, lambda s: _normalised_entropy(s.logits))
+        return _fixed_and_on_data(_linspace(0.0, 1.0), scores, size, 0.0, 1.0)
+
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         uncertainty = _normalised_entropy(signals.logits)
         stage_1 = uncertainty < _threshold(threshold, uncertainty)
@@ -401,17 +450,12 @@ class LearnedToExit(ExitRule[ExitRuleConfig]):
     def grid(
         self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
     ) -> torch.Tensor:
-        # squared spacing: dense near 0, where BERxiT's default (0.005) sits ...
-        lte = signals.lte if signals is not None and signals.num_exits >= 2 else None
-        if lte is None or lte.shape[0] == 0:
-            return torch.linspace(0.0, 1.0, size, dtype=torch.float64) ** 2
-        fixed = torch.linspace(0.0, 1.0, max(size // 2, 2), dtype=torch.float64) ** 2
-        # ... and the rest on the quantiles of the scores where a decision is made: a trained module's
-        # scores can bunch in a narrow band (0.38-0.52 for BERxiT on mpnet-base, SST-2), which a fixed
-        # grid crosses in a step or two, from "nearly no exit" to "all at the first"; the point above them
-        # all (`lte < threshold`: everything exits at the first exit) stays inside [0, 1]
-        q = _quantiles_and_above(lte[:, :-1], size - len(fixed)).clamp(max=1.0)
-        return torch.unique(torch.cat([fixed, q]))
+        # squared spacing: dense near 0, where BERxiT's default (0.005) sits, and half on the scores where a
+        # decision is made (a trained module's bunch in a narrow band: 0.38-0.52 for BERxiT on mpnet-base, SST-2)
+        def squared(n: int) -> torch.Tensor:
+            return torch.linspace(0.0, 1.0, n, dtype=torch.float64) ** 2
+
+        return _fixed_and_on_data(squared, _decision_scores(signals, lambda s: s.lte), size, 0.0, 1.0)
 
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         if signals.lte is None:
@@ -446,12 +490,13 @@ class Energy(ExitRule[EnergyExitConfig]):
     def grid(
         self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
     ) -> torch.Tensor:
-        if signals is None or signals.num_exits < 2 or signals.logits.shape[0] == 0:
-            return torch.linspace(0.0, 10.0, size, dtype=torch.float64)
         # from "every example stays at the first model" to "every example goes on"; scores in the
         # logits' dtype, as `decide` computes them, so the lowest grid point is exactly the lowest score
         # (in float64 it could sit an ulp above it and send that example on)
-        return _quantiles_and_above(self.score(signals.logits[:, :-1]), size)
+        scores = _decision_scores(signals, lambda s: self.score(s.logits))
+        if scores is None:
+            return torch.linspace(0.0, 10.0, size, dtype=torch.float64)
+        return _quantiles_and_above(scores, size)
 
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         s = self.score(signals.logits)

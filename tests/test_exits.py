@@ -304,6 +304,39 @@ def test_lte_grid_follows_scores_bunched_in_a_narrow_band():
     assert rule.grid(2, 4, 51).tolist() == (torch.linspace(0.0, 1.0, 51, dtype=torch.float64) ** 2).tolist()
 
 
+@pytest.mark.parametrize("name", ["maxprob", "entropy", "norm_entropy", "elbert"])
+def test_probability_rule_grids_follow_scores_bunched_near_chance(name: str) -> None:
+    # briefly trained exits sit near chance (FastBERT on mpnet-base after one epoch of SST-2: normalised
+    # entropy 0.97-1.0 at every exit): the fixed grid crosses that band in one step, so the curve had two
+    # points; half the grid on the scores' quantiles walks through it
+    rule = exits.build_rule(ExitRuleConfig(name=name))
+    gen = torch.Generator().manual_seed(0)
+    margin = 0.02 + 0.1 * torch.rand(400, 4, generator=gen)  # p = sigmoid(margin): 0.505-0.53
+    signals = ExitSignals(torch.stack([torch.zeros_like(margin), margin], dim=-1))
+    lo, hi, _ = rule.threshold_bounds(2)
+    grid = rule.grid(2, 4, 51, signals)
+    assert grid.dtype == torch.float64 and torch.all(grid[1:] > grid[:-1]) and len(grid) <= 51
+    assert lo <= float(grid[0]) and float(grid[-1]) <= hi
+
+    def mean_exits(thresholds: torch.Tensor) -> torch.Tensor:
+        return torch.stack(
+            [exits.first_exit(rule.decide(signals, float(t))).double().mean() for t in thresholds]
+        )
+
+    on_data, fixed = mean_exits(grid), mean_exits(rule.grid(2, 4, 51))
+    # both span "all at the first exit" .. "none exits early"
+    assert (
+        {float(on_data.min()), float(on_data.max())} == {0.0, 3.0} == {float(fixed.min()), float(fixed.max())}
+    )
+    assert len(fixed.unique()) <= 4  # the fixed grid alone: a jump, the defect
+    assert len(on_data.unique()) >= 20 and float(on_data.diff().abs().max()) < 0.3
+    # without outputs to place it on, the grid is the rule's fixed scale, its endpoints the bounds
+    assert (
+        rule.grid(2, 4, 51).tolist()
+        == torch.linspace(0.5 if name == "maxprob" else lo, hi, 51, dtype=torch.float64).tolist()
+    )
+
+
 # ---------------------------------------------------------------- energy (E-LANG's swift/super router)
 
 
