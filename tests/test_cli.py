@@ -470,3 +470,35 @@ def test_int8_evaluate_measures_itself_against_float32(trained: Path, tmp_path: 
     )
     new = set((ckpt / "cache").iterdir()) - cached_before
     assert len(new) == 1  # the int8 outputs; float32's were already there and were reused
+
+
+def test_a_certified_consistency_target_is_measured_and_said_at_evaluate(trained: Path, tmp_path: Path):
+    """calibrate.target=consistency on a copy of the trained checkpoint, then evaluate: the run logs the
+    achieved consistency beside the target (1 - epsilon) and the terminal says whether it held."""
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(
+        trained / "outputs" / "checkpoints" / "sst2" / "early_exit" / "tiny-bert" / "seed42", ckpt
+    )
+    common = [*TINY_STAGE, f"task.data_dir={trained / 'data'}", f"ckpt={ckpt}", f"outputs={tmp_path / 'out'}"]
+    certify = ["calibrate.target=consistency", "calibrate.epsilon=0.2", "calibrate.delta=0.2"]
+    calibrated = ok(elastic("calibrate", *common, *certify, cwd=trained))
+    assert "certified (probability >= 0.80) that at most" in calibrated.stderr
+    calib = json.loads((ckpt / "calibration.json").read_text())
+    assert calib["target"] == "consistency" and calib["epsilon"] == 0.2
+    assert calib["temperatures"] == [1.0] * 4  # a certified threshold fits no temperatures
+    proc = ok(elastic("evaluate", *common, "evaluate.latency=false", cwd=trained))
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["sst2"], output_format="pandas")
+    (run,) = [r for _, r in runs.iterrows() if r["tags.mlflow.runName"].startswith("evaluate")]
+    assert run["metrics.consistency_target"] == pytest.approx(0.8)
+    achieved = run["metrics.consistency"]
+    assert 0.0 <= achieved <= 1.0
+    verdict = "held" if achieved >= 0.8 else "missed"
+    assert (
+        f"consistency: {100 * achieved:.1f}% of validation examples keep the final exit's prediction; "
+        f"calibrate.target=consistency certified >= 80.0% on data like the calibration split's: {verdict} here"
+    ) in " ".join(proc.stderr.split())

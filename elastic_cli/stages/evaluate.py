@@ -91,9 +91,11 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
         )
         data = load_task_data(cfg.task, cfg.seed)
         scaled = temperatures is not None and bool((temperatures != 1.0).any())
+        consistency_target = None
         if source == "calibration" and calib is not None and "epsilon" in calib.extra:
             # what the certified threshold promised, beside the consistency evaluate measures
-            tracking.log_metrics({"consistency_target": 1.0 - float(calib.extra["epsilon"])})
+            consistency_target = 1.0 - float(calib.extra["epsilon"])
+            tracking.log_metrics({"consistency_target": consistency_target})
         tracking.log_params(
             {
                 "exit.threshold_source": source,
@@ -136,7 +138,7 @@ def run(cfg: RootConfig, raw: DictConfig) -> float:
                 tracking.log_exit_histogram(scores.exit_counts, subject.histogram_steps, files=False)
                 if scores.layer_tokens is not None:
                     tracking.log_layer_tokens(scores.layer_tokens, files=False)
-            _print(cfg, source, scores)
+            _print(cfg, source, scores, consistency_target)
         if cfg.evaluate.latency:
             _print_latency(headline)
             noise = timing_noise(headline, headline.get("layer_speedup", 1.0))
@@ -469,7 +471,9 @@ def timing_noise(h: dict[str, float], layer_speedup: float) -> str | None:
     return None
 
 
-def _print(cfg: RootConfig, source: str, scores: SplitScores) -> None:
+def _print(
+    cfg: RootConfig, source: str, scores: SplitScores, consistency_target: float | None = None
+) -> None:
     # no markup in the title: rich would take "[validation]" for a style tag and drop it
     precision = "" if precision_name(cfg.device) == "float32" else f", {precision_name(cfg.device)}"
     title = (
@@ -499,6 +503,14 @@ def _print(cfg: RootConfig, source: str, scores: SplitScores) -> None:
                 if np.isfinite(o.get("oracle_room_ratio", float("nan")))
                 else ""
             ),
+            highlight=False,
+        )
+    if consistency_target is not None and scores.oracle is not None:
+        achieved = scores.oracle["consistency"]
+        console.print(
+            f"consistency: {100 * achieved:.1f}% of {scores.split} examples keep the final exit's prediction; "
+            f"calibrate.target=consistency certified >= {100 * consistency_target:.1f}% on data like the "
+            f"calibration split's: {'held' if achieved >= consistency_target else 'missed'} here",
             highlight=False,
         )
     if scores.layer_tokens is not None:
