@@ -431,7 +431,7 @@ def _static_point(points: pd.DataFrame, metric: str) -> tuple[float, float] | No
 SUMMARY_COLUMNS = (
     ("layer_speedup", "layer speed-up"),
     ("flops_speedup", "FLOPs speed-up"),
-    ("latency_speedup_p50", "latency speed-up"),
+    ("latency_speedup_mean", "latency speed-up"),
 )
 
 

@@ -172,7 +172,7 @@ def experiment_description(name: str) -> str:
     return (
         f"elastic runs for task {name}: train, calibrate and evaluate of adaptive-inference methods "
         "(early exit, cascades, token reduction). Compare runs by the columns accuracy (or the task's "
-        "metric), flops_speedup and latency_speedup_p50; a sweep is a parent run with its children. "
+        "metric), flops_speedup and latency_speedup_mean; a sweep is a parent run with its children. "
         "Search attributes.status = 'FINISHED' to leave failed attempts out."
     )
 

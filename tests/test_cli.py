@@ -109,6 +109,7 @@ def test_mlflow_holds_every_stage_and_the_metrics(trained: Path):
         "latency_static_p50_ms",
         "latency_adaptive_p50_ms",
         "latency_static_p90_ms",
+        "latency_speedup_mean",
         "throughput_static",
         "throughput_adaptive",
         "exit_accuracy_L1",
@@ -116,6 +117,10 @@ def test_mlflow_holds_every_stage_and_the_metrics(trained: Path):
     ]:
         assert f"metrics.{key}" in runs.columns and ev[f"metrics.{key}"] == ev[f"metrics.{key}"], key
     assert 1.0 <= ev["metrics.layer_speedup"] <= 4.0
+    # the latency speed-up beside the FLOPs one is the ratio of the means (of totals, as FLOPs' is)
+    assert ev["metrics.latency_speedup_mean"] == pytest.approx(
+        ev["metrics.latency_static_mean_ms"] / ev["metrics.latency_adaptive_mean_ms"]
+    )
     assert 1.0 <= ev["metrics.mean_exit_layer"] <= 4.0
     # the real early-exit path agrees with the simulation on cached logits
     assert ev["metrics.adaptive_agreement"] == 1.0

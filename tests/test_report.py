@@ -274,7 +274,7 @@ def test_report_writes_its_files_with_the_logged_numbers(store: Path):
         np.testing.assert_allclose(got, expected, equal_nan=True)
         assert row["accuracy"] == pytest.approx(run["metrics.validation/accuracy"])
         assert row["FLOPs x"] == pytest.approx(run["metrics.validation/flops_speedup"])
-        assert row["latency x"] == pytest.approx(run["metrics.latency_speedup_p50"])
+        assert row["latency x"] == pytest.approx(run["metrics.latency_speedup_mean"])
         assert row["full depth"] == pytest.approx(run["metrics.validation/exit_accuracy_L4"])
         assert row["oracle FLOPs x"] == pytest.approx(
             run["metrics.validation/oracle_consistency_flops_speedup"]
@@ -323,7 +323,7 @@ def test_report_filters_and_the_latency_axis(store: Path):
     evaluated = logged[
         (logged["tags.elastic.stage"] == "evaluate") & (logged["tags.elastic.method"] == "early_exit")
     ]
-    assert sorted(thresholds["x"]) == pytest.approx(sorted(evaluated["metrics.latency_speedup_p50"]))
+    assert sorted(thresholds["x"]) == pytest.approx(sorted(evaluated["metrics.latency_speedup_mean"]))
     assert not any(t.get("meta", "").startswith("oracle") for t in traces)  # no latency for an oracle
 
 

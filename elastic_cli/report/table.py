@@ -42,7 +42,11 @@ AXES = {
     ReportAxis.layers: Axis(
         "layer_speedup", "{split}/layer_speedup", "layer_speedup", "layer speed-up", "layer"
     ),
-    ReportAxis.latency: Axis(None, "latency_speedup_p50", None, "batch-1 latency speed-up (p50)", "latency"),
+    # the mean's ratio (a ratio of totals, as the FLOPs speed-up is): the median of a two-peaked
+    # distribution of exit layers (SWEET's: 41% at L4, 37% at L6) says 2.10x where the split ran 1.78x faster
+    ReportAxis.latency: Axis(
+        None, "latency_speedup_mean", None, "batch-1 latency speed-up (mean)", "latency"
+    ),
 }
 
 
@@ -151,7 +155,7 @@ def build(
         record["source"] = row.threshold_source
         record[score] = row.metric(f"{split}/{score}")
         record["FLOPs x"] = row.metric(f"{split}/flops_speedup")
-        record["latency x"] = row.metric("latency_speedup_p50")
+        record["latency x"] = row.metric("latency_speedup_mean")
         record["throughput x"] = row.metric("throughput_speedup")
         calibration = row.calibration
         predicted = calibration if calibration is not None else pd.Series(dtype=object)
