@@ -181,84 +181,39 @@ def pareto_figure(
         sx, sy = float(static_point[0]), float(static_point[1])
         ax.axhline(sy, color="black", linestyle=":", linewidth=1.0, zorder=1, gid=STATIC_LINE_GID)
         # linestyle ":" draws nothing for one point but puts the dotted line in the legend's swatch.
-        ax.plot(
-            [sx],
-            [sy],
-            color="black",
-            marker="D",
-            markersize=6,
-            linestyle=":",
-            linewidth=1.0,
-            label="static model",
-            gid=STATIC_POINT_GID,
-            zorder=4,
-        )
+        ax.plot([sx], [sy], color="black", marker="D", markersize=6, linestyle=":", linewidth=1.0,
+                label="static model", gid=STATIC_POINT_GID, zorder=4)
     operating = None
     if operating_point is not None and _finite(operating_point[:2]):
         ox, oy, otext = float(operating_point[0]), float(operating_point[1]), str(operating_point[2])
         operating = (ox, oy, otext)
-        ax.plot(
-            [ox],
-            [oy],
-            color="#DD8452",
-            marker="*",
-            markersize=15,
-            markeredgecolor="black",
-            markeredgewidth=0.7,
-            linestyle="none",
-            label=otext,
-            gid=OPERATING_POINT_GID,
-            zorder=5,
-        )
+        ax.plot([ox], [oy], color="#DD8452", marker="*", markersize=15, markeredgecolor="black",
+                markeredgewidth=0.7, linestyle="none", label=otext, gid=OPERATING_POINT_GID, zorder=5)
     ax.margins(x=0.08, y=0.12)  # room inside the axes for the end points' labels
     ax.set_xlabel(x if x_label is None else x_label)
     ax.set_ylabel(y if y_label is None else y_label)
     ax.set_title(_wrap_title(title, width), fontsize=TITLE_FONTSIZE)
     ax.grid(alpha=0.3)
     handles, names = ax.get_legend_handles_labels()
-    fig.legend(
-        handles, names, loc="outside lower center", ncols=min(len(handles), 4), fontsize=8, frameon=False
-    )
+    fig.legend(handles, names, loc="outside lower center", ncols=min(len(handles), 4), fontsize=8,
+               frameon=False)
 
     # Labels are placed in display space, so the layout (axes position, limits) must be final first;
     # they are kept out of the layout so that adding them cannot move the axes under them again.
     fig.draw_without_rendering()
     renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
-    placer = _LabelPlacer(
-        ax,
-        renderer,
-        data[x].tolist(),
-        data[y].tolist(),
-        front[x].tolist(),
-        front[y].tolist(),
-        static_point,
-        operating,
-    )
+    placer = _LabelPlacer(ax, renderer, data[x].tolist(), data[y].tolist(), front[x].tolist(),
+                          front[y].tolist(), static_point, operating)
     if operating is not None:
-        placer.place(
-            operating[0],
-            operating[1],
-            operating[2],
-            OPERATING_LABEL_GID,
-            base=9.0,
-            required=True,
-            fontsize=8,
-            weight="bold",
-        )
+        placer.place(operating[0], operating[1], operating[2], OPERATING_LABEL_GID, base=9.0,
+                     required=True, fontsize=8, weight="bold")
     if label_col is not None and max_labels > 0 and len(front):
         fx, fy = front[x].tolist(), front[y].tolist()
         for i in _spread_indices(fx, fy, max_labels, _span(data[x]), _span(data[y])):
             if operating is not None and _same_point((fx[i], fy[i]), operating[:2], fx, fy):
                 continue  # the operating point's own label already names it
-            placer.place(
-                fx[i],
-                fy[i],
-                _short(front[label_col].iloc[i], label_col),
-                THRESHOLD_LABEL_GID,
-                base=5.0,
-                required=False,
-                fontsize=7,
-            )
+            placer.place(fx[i], fy[i], _short(front[label_col].iloc[i], label_col), THRESHOLD_LABEL_GID,
+                         base=5.0, required=False, fontsize=7)
     return fig
 
 
@@ -362,12 +317,7 @@ class _LabelPlacer:
         if not required and any(math.dist(anchor, a) < too_close for a in self.anchors):
             return None  # a label here could not say which of the two points it names
         ann = self.ax.annotate(
-            text,
-            (x, y),
-            textcoords="offset points",
-            xytext=(0, 0),
-            gid=gid,
-            zorder=6,
+            text, (x, y), textcoords="offset points", xytext=(0, 0), gid=gid, zorder=6,
             bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.75},
             **font,
         )
