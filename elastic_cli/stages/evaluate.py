@@ -525,7 +525,8 @@ def _print_latency(h: dict[str, float]) -> None:
     console.print(
         f"batch-1 latency p50/p90: static {h['latency_static_p50_ms']:.2f}/{h['latency_static_p90_ms']:.2f} ms, "
         f"adaptive {h['latency_adaptive_p50_ms']:.2f}/{h['latency_adaptive_p90_ms']:.2f} ms "
-        f"(speed-up {h['latency_speedup_mean']:.2f}x of the mean, {h['latency_speedup_p50']:.2f}x of p50) | throughput static {h['throughput_static']:.1f}/s, "
+        f"(speed-up {h['latency_speedup_mean']:.2f}x of the mean, {h['latency_speedup_p50']:.2f}x of p50) "
+        f"| throughput static {h['throughput_static']:.1f}/s, "
         f"adaptive {h['throughput_adaptive']:.1f}/s | adaptive agrees with simulation on "
         f"{100 * h['adaptive_agreement']:.1f}% of timed examples"
     )
