@@ -168,6 +168,11 @@ def _decision_scores(
     return score(signals.upto(signals.num_exits - 1))
 
 
+def _linspace(lo: float, hi: float) -> Callable[[int], torch.Tensor]:
+    """n evenly spaced points from lo to hi (float64), made on demand."""
+    return lambda n: torch.linspace(lo, hi, n, dtype=torch.float64)
+
+
 def _fixed_and_on_data(
     fixed: Callable[[int], torch.Tensor], scores: torch.Tensor | None, size: int, lo: float, hi: float
 ) -> torch.Tensor:
@@ -193,19 +198,12 @@ class MaxProb(ExitRule[ExitRuleConfig]):
         self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
     ) -> torch.Tensor:
         # SWEET sweeps linspace(1/C, 1): 1/C exits everything at the first exit, 1 runs (nearly) all layers
-        def sweet(n: int) -> torch.Tensor:
-            return torch.linspace(1.0 / num_classes, 1.0, n, dtype=torch.float64)
-
         scores = _decision_scores(signals, lambda s: s.logits.softmax(dim=-1).amax(dim=-1))
-        return _fixed_and_on_data(sweet, scores, size, 1.0 / num_classes, 1.0)
+        return _fixed_and_on_data(_linspace(1.0 / num_classes, 1.0), scores, size, 1.0 / num_classes, 1.0)
 
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         confidence = signals.logits.softmax(dim=-1).amax(dim=-1)
         return confidence >= _threshold(threshold, confidence)
-
-
-def _linspace(lo: float, hi: float) -> Callable[[int], torch.Tensor]:
-    return lambda n: torch.linspace(lo, hi, n, dtype=torch.float64)
 
 
 def _never_below(threshold: float | None, score: str, outcome: str = "no example exits early") -> list[str]:
