@@ -17,11 +17,16 @@ METHODS=(); while [ $# -gt 0 ] && [ "$1" != "--" ]; do METHODS+=("$1"); shift; d
 DATA=${ELASTIC_DATA:-$(cd "$(dirname "$0")/../.." && pwd)/shared/assets/data}/sst2
 COMMON=(backbone=mpnet-base task=sst2 "task.data_dir=$DATA" task.max_train_samples=6000 task.max_seq_length=64
         train.lr=5e-5 train.epochs=2 train.batch_size=32 seed=42 "outputs=$OUT" "$@")
+STAGES=${ELASTIC_STAGES:-train calibrate evaluate}
+for s in $STAGES; do
+  case $s in train|calibrate|evaluate) ;; *) echo "error: ELASTIC_STAGES has '$s': choose among train calibrate evaluate" >&2; exit 2;; esac
+done
+wanted() { [[ " $STAGES " == *" $1 "* ]]; }
 mkdir -p "$OUT"
 stage() {  # NAME STAGE OVERRIDES...: one stage, skipped when done, timed
   local name=$1 stage=$2; shift 2
   [ -f "$OUT/done.$name.$stage" ] && return 0
-  [[ " ${ELASTIC_STAGES:-train calibrate evaluate} " == *" $stage "* ]] || return 0
+  wanted "$stage" || return 0
   local start; start=$(date +%s)
   elastic "$stage" "${COMMON[@]}" "$@"
   touch "$OUT/done.$name.$stage"
@@ -38,11 +43,13 @@ for m in "${METHODS[@]}"; do
   if [ "$m" = early_exit ]; then
     # CAT's guarantee (README, Calibration targets) on a copy, so early_exit's own calibration stays
     copy=$OUT/early_exit_consistency
-    [ -d "$copy" ] || [ ! -f "$OUT/done.early_exit.train" ] || cp -r "$OUT/checkpoints/sst2/early_exit/mpnet-base/seed42" "$copy"
+    if [ ! -d "$copy" ] && [ -f "$OUT/done.early_exit.train" ]; then
+      cp -r "$OUT/checkpoints/sst2/early_exit/mpnet-base/seed42" "$copy"
+    fi
     cons=(method=early_exit "ckpt=$copy" tracking.experiment=sst2-consistency)
     stage consistency calibrate "${cons[@]}" calibrate.target=consistency calibrate.epsilon=0.05 calibrate.delta=0.1
     stage consistency evaluate "${cons[@]}"
   fi
 done
-[[ " ${ELASTIC_STAGES:-evaluate} " == *" evaluate "* ]] || exit 0
+wanted evaluate || exit 0
 elastic report task=sst2 report.backbone=mpnet-base "outputs=$OUT"
