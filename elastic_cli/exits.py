@@ -15,7 +15,6 @@ dataclass of its extra settings, beside it here, which conf/method/exit/<name>.y
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
@@ -117,13 +116,37 @@ class ExitRule(Generic[C]):
         lo, hi = self.threshold_range
         return lo, hi, ""
 
+    def threshold_score(self, signals: ExitSignals) -> torch.Tensor | None:
+        """What `decide` compares with the threshold, [N, E] (None: no such score, or a count)."""
+        return None
+
+    def fixed_grid(self, num_classes: int, size: int) -> torch.Tensor:
+        """The rule's own scale: `size` thresholds spread over its bounds (float64, ascending)."""
+        lo, hi, _ = self.threshold_bounds(num_classes)
+        return torch.linspace(lo, hi, size, dtype=torch.float64)
+
+    def decision_scores(self, signals: ExitSignals | None) -> torch.Tensor | None:
+        """The threshold score where decisions are made (every exit but the last), or None when there is
+        none to place a grid on (no signals, one exit, no examples, no such score)."""
+        if signals is None or signals.num_exits < 2 or signals.logits.shape[0] == 0:
+            return None
+        return self.threshold_score(signals.upto(signals.num_exits - 1))
+
     def grid(
         self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
     ) -> torch.Tensor:
-        """Thresholds for calibration and the evaluation curve (float64, ascending). `signals` (the scaled
-        outputs the rule will decide on) lets a rule without a fixed scale place its grid on the data."""
-        lo, hi = self.threshold_range
-        return torch.linspace(lo, hi, size, dtype=torch.float64)
+        """Thresholds for calibration and the evaluation curve (float64, ascending, unique): the fixed grid,
+        or, given `signals` (the scaled outputs the rule will decide on), half of it and half on the
+        quantiles of the threshold score at the decision exits, within the fixed grid's span. A briefly
+        trained exit's scores can bunch in a narrow band (FastBERT's normalised entropy at 0.97-1.0 after
+        one epoch on SST-2) that a fixed grid crosses in one step, from "no example exits" to "all at the
+        first exit": the points on the data give the curve its shape there."""
+        scores = self.decision_scores(signals)
+        if scores is None:
+            return self.fixed_grid(num_classes, size)
+        half = self.fixed_grid(num_classes, max(size // 2, 2))
+        on_data = _quantiles_and_above(scores, size - len(half)).clamp(float(half[0]), float(half[-1]))
+        return torch.unique(torch.cat([half, on_data]))
 
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -158,35 +181,6 @@ def _quantiles_and_above(scores: torch.Tensor, size: int) -> torch.Tensor:
     return torch.unique(torch.cat([q, top.view(1)]))
 
 
-def _decision_scores(
-    signals: ExitSignals | None, score: Callable[[ExitSignals], torch.Tensor | None]
-) -> torch.Tensor | None:
-    """`score` of the signals where decisions are made (every exit but the last), or None when there are
-    none to place a grid on (no signals, one exit, no examples, no such score)."""
-    if signals is None or signals.num_exits < 2 or signals.logits.shape[0] == 0:
-        return None
-    return score(signals.upto(signals.num_exits - 1))
-
-
-def _linspace(lo: float, hi: float) -> Callable[[int], torch.Tensor]:
-    """n evenly spaced points from lo to hi (float64), made on demand."""
-    return lambda n: torch.linspace(lo, hi, n, dtype=torch.float64)
-
-
-def _fixed_and_on_data(
-    fixed: Callable[[int], torch.Tensor], scores: torch.Tensor | None, size: int, lo: float, hi: float
-) -> torch.Tensor:
-    """`fixed(size)` (the rule's own scale) without scores; with them, half of it and half on their
-    quantiles, kept in [lo, hi]. A briefly trained exit's scores can bunch in a narrow band (FastBERT's
-    normalised entropy at 0.97-1.0 after one epoch on SST-2) that a fixed grid crosses in one step, from
-    "no example exits" to "all at the first exit": the points on the data give the curve its shape there."""
-    if scores is None:
-        return fixed(size)
-    half = fixed(max(size // 2, 2))
-    on_data = _quantiles_and_above(scores, size - len(half)).clamp(lo, hi)
-    return torch.unique(torch.cat([half, on_data]))
-
-
 @RULES.register("maxprob")
 class MaxProb(ExitRule[ExitRuleConfig]):
     """SWEET / Sledgehammer: exit at the first exit whose top softmax probability reaches tau."""
@@ -194,15 +188,15 @@ class MaxProb(ExitRule[ExitRuleConfig]):
     temperature_scaling = True
     current_exit_only = True
 
-    def grid(
-        self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
-    ) -> torch.Tensor:
+    def fixed_grid(self, num_classes: int, size: int) -> torch.Tensor:
         # SWEET sweeps linspace(1/C, 1): 1/C exits everything at the first exit, 1 runs (nearly) all layers
-        scores = _decision_scores(signals, lambda s: s.logits.softmax(dim=-1).amax(dim=-1))
-        return _fixed_and_on_data(_linspace(1.0 / num_classes, 1.0), scores, size, 1.0 / num_classes, 1.0)
+        return torch.linspace(1.0 / num_classes, 1.0, size, dtype=torch.float64)
+
+    def threshold_score(self, signals: ExitSignals) -> torch.Tensor:
+        return signals.logits.softmax(dim=-1).amax(dim=-1)
 
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
-        confidence = signals.logits.softmax(dim=-1).amax(dim=-1)
+        confidence = self.threshold_score(signals)
         return confidence >= _threshold(threshold, confidence)
 
 
@@ -250,16 +244,14 @@ class Entropy(ExitRule[ExitRuleConfig]):
             return super().threshold_bounds(num_classes)
         return 0.0, math.log(num_classes), f"at most log C, C = task.num_labels = {num_classes}"
 
-    def grid(
-        self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
-    ) -> torch.Tensor:
-        top = math.log(max(num_classes, 2))
-        return _fixed_and_on_data(
-            _linspace(0.0, top), _decision_scores(signals, lambda s: _entropy(s.logits)), size, 0.0, top
-        )
+    def fixed_grid(self, num_classes: int, size: int) -> torch.Tensor:
+        return torch.linspace(0.0, math.log(max(num_classes, 2)), size, dtype=torch.float64)
+
+    def threshold_score(self, signals: ExitSignals) -> torch.Tensor:
+        return _entropy(signals.logits)
 
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
-        entropy = _entropy(signals.logits)
+        entropy = self.threshold_score(signals)
         return entropy < _threshold(threshold, entropy)
 
     def inert_settings(self, num_exits: int) -> list[str]:
@@ -274,14 +266,11 @@ class NormalisedEntropy(ExitRule[ExitRuleConfig]):
     larger_is_slower = False
     current_exit_only = True
 
-    def grid(
-        self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
-    ) -> torch.Tensor:
-        scores = _decision_scores(signals, lambda s: _normalised_entropy(s.logits))
-        return _fixed_and_on_data(_linspace(0.0, 1.0), scores, size, 0.0, 1.0)
+    def threshold_score(self, signals: ExitSignals) -> torch.Tensor:
+        return _normalised_entropy(signals.logits)
 
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
-        uncertainty = _normalised_entropy(signals.logits)
+        uncertainty = self.threshold_score(signals)
         return uncertainty < _threshold(threshold, uncertainty)
 
     def inert_settings(self, num_exits: int) -> list[str]:
@@ -385,15 +374,12 @@ class Elbert(ExitRule[ElbertExitConfig]):
         # stage 1 reads the current exit; stage 2 the window of the last N
         return 1 if self.mode == "entropy" else self.window
 
-    def grid(
-        self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
-    ) -> torch.Tensor:
-        # the threshold acts on stage 1 (the normalised entropy) only: the grid is placed on it
-        scores = _decision_scores(signals, lambda s: _normalised_entropy(s.logits))
-        return _fixed_and_on_data(_linspace(0.0, 1.0), scores, size, 0.0, 1.0)
+    def threshold_score(self, signals: ExitSignals) -> torch.Tensor:
+        # the threshold acts on stage 1 (the normalised entropy) only
+        return _normalised_entropy(signals.logits)
 
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
-        uncertainty = _normalised_entropy(signals.logits)
+        uncertainty = self.threshold_score(signals)
         stage_1 = uncertainty < _threshold(threshold, uncertainty)
         return stage_1 | self.window_test(signals.logits.softmax(dim=-1))
 
@@ -445,15 +431,13 @@ class LearnedToExit(ExitRule[ExitRuleConfig]):
     needs_lte = True
     current_exit_only = True
 
-    def grid(
-        self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
-    ) -> torch.Tensor:
-        # squared spacing: dense near 0, where BERxiT's default (0.005) sits, and half on the scores where a
-        # decision is made (a trained module's bunch in a narrow band: 0.38-0.52 for BERxiT on mpnet-base, SST-2)
-        def squared(n: int) -> torch.Tensor:
-            return torch.linspace(0.0, 1.0, n, dtype=torch.float64) ** 2
+    def fixed_grid(self, num_classes: int, size: int) -> torch.Tensor:
+        # squared spacing: dense near 0, where BERxiT's default (0.005) sits (the half on the data follows a
+        # trained module's scores, which bunch in a narrow band: 0.38-0.52 for BERxiT on mpnet-base, SST-2)
+        return torch.linspace(0.0, 1.0, size, dtype=torch.float64) ** 2
 
-        return _fixed_and_on_data(squared, _decision_scores(signals, lambda s: s.lte), size, 0.0, 1.0)
+    def threshold_score(self, signals: ExitSignals) -> torch.Tensor | None:
+        return signals.lte
 
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
         if signals.lte is None:
@@ -485,19 +469,22 @@ class Energy(ExitRule[EnergyExitConfig]):
         t = self.temperature
         return t * torch.logsumexp(logits / t, dim=-1)
 
+    def threshold_score(self, signals: ExitSignals) -> torch.Tensor:
+        return self.score(signals.logits)
+
     def grid(
         self, num_classes: int, num_exits: int, size: int, signals: ExitSignals | None = None
     ) -> torch.Tensor:
         # from "every example stays at the first model" to "every example goes on"; scores in the
         # logits' dtype, as `decide` computes them, so the lowest grid point is exactly the lowest score
         # (in float64 it could sit an ulp above it and send that example on)
-        scores = _decision_scores(signals, lambda s: self.score(s.logits))
+        scores = self.decision_scores(signals)
         if scores is None:
             return torch.linspace(0.0, 10.0, size, dtype=torch.float64)
         return _quantiles_and_above(scores, size)
 
     def decide(self, signals: ExitSignals, threshold: float | torch.Tensor) -> torch.Tensor:
-        s = self.score(signals.logits)
+        s = self.threshold_score(signals)
         return s >= _threshold(threshold, s)
 
 

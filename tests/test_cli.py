@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -480,8 +481,6 @@ def test_int8_evaluate_measures_itself_against_float32(trained: Path, tmp_path: 
 def test_a_certified_consistency_target_is_measured_and_said_at_evaluate(trained: Path, tmp_path: Path):
     """calibrate.target=consistency on a copy of the trained checkpoint, then evaluate: the run logs the
     achieved consistency beside the target (1 - epsilon) and the terminal says whether it held."""
-    import shutil
-
     ckpt = tmp_path / "ckpt"
     shutil.copytree(
         trained / "outputs" / "checkpoints" / "sst2" / "early_exit" / "tiny-bert" / "seed42", ckpt
